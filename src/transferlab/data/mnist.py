@@ -1,0 +1,48 @@
+"""MNIST through torchvision's own `MNIST` class, in torchvision's layout `<root>/MNIST/raw`."""
+
+from __future__ import annotations
+
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+from transferlab.data.domain import DataContext, Domain, Split
+from transferlab.errors import DataError
+
+
+def load_mnist(ctx: DataContext) -> Domain:
+    raw = ctx.root / "MNIST" / "raw"
+    try:
+        train, test = (MNIST(str(ctx.root), train=t, download=ctx.download) for t in (True, False))
+    except RuntimeError as e:
+        if "not found" in str(e):
+            hint = ("pass data.download=true to fetch it" if not ctx.download
+                    else "the download failed; copy the files there by hand")
+            raise DataError(f"MNIST not found: expected {raw}/train-images-idx3-ubyte (and the "
+                            f"other three IDX files); set data.root or TRANSFERLAB_DATA to the "
+                            f"folder holding MNIST/raw, or {hint}") from None
+        if "download" in str(e).lower():
+            raise DataError(f"could not download MNIST into {raw} ({str(e).splitlines()[0]}); "
+                            "copy the IDX files there by hand") from None
+        raise _unreadable(raw) from e
+    except (AssertionError, ValueError) as e:
+        raise _unreadable(raw) from e
+    return Domain("MNIST", _split(train), _split(test))
+
+
+def _split(ds: MNIST) -> Split:
+    return Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+
+
+def _unreadable(raw) -> DataError:
+    """Find which IDX file is broken, so the message can name it."""
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for name in names:
+        try:
+            read_sn3_pascalvincent_tensor(str(raw / name), strict=True)
+        except Exception:  # noqa: BLE001 - any failure to parse means this file is the bad one
+            return DataError(f"cannot read {raw / name}: truncated or not an IDX file; replace "
+                             "it with the original MNIST file (or delete it and pass "
+                             "data.download=true)")
+    return DataError(f"MNIST files in {raw} do not match each other (image and label counts "
+                     "differ); replace them with the original MNIST files")

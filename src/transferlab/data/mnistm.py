@@ -1,0 +1,162 @@
+"""MNIST-M, made the way the DANN paper made it (Ganin & Lempitsky, 2015, section 5).
+
+Each MNIST digit is blended over a random 28x28 crop of one of the 200 BSDS500 train photos:
+per pixel and channel, out = |patch - digit|. The result depends only on MNIST, the photos and
+`seed`, so it is made once and cached under a fingerprint of those inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image
+
+from transferlab.data.domain import DataContext, Domain, Split
+from transferlab.data.mnist import load_mnist
+from transferlab.errors import DataError
+
+RECIPE_VERSION = 1
+PHOTOS = Path("BSR/BSDS500/data/images/train")
+BSDS500_URL = (
+    "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"
+)
+
+
+def load_mnistm(ctx: DataContext, seed: int = 0) -> Domain:
+    mnist = load_mnist(ctx)
+    photo_files = _photo_files(ctx)
+    fingerprint = _fingerprint(mnist, photo_files, seed)
+    cache = ctx.cache_dir / "MNIST-M" / f"mnistm-{fingerprint[:16]}.pt"
+    tensors = _read_cache(cache, fingerprint)
+    if tensors is None:
+        photos = [_read_photo(p) for p in photo_files]
+        generator = torch.Generator().manual_seed(seed)
+        tensors = {
+            "train": blend(mnist.train.images, photos, generator),
+            "test": blend(mnist.test.images, photos, generator),
+        }
+        _write_cache(cache, fingerprint, tensors)
+    return Domain("MNIST-M", Split(tensors["train"], mnist.train.labels),
+                  Split(tensors["test"], mnist.test.labels))
+
+
+def blend(digits: Tensor, photos: list[Tensor], generator: torch.Generator) -> Tensor:
+    """|patch - digit| per channel, each patch a random crop of a random photo.
+
+    digits: (N, 1, H, W) uint8; photos: (3, h, w) uint8 each; returns (N, 3, H, W) uint8.
+    """
+    n, _, height, width = digits.shape
+    which = torch.randint(len(photos), (n,), generator=generator)
+    u = torch.rand(n, 2, generator=generator)
+    patches = torch.empty(n, 3, height, width, dtype=torch.uint8)
+    rows, cols = torch.arange(height), torch.arange(width)
+    for p, photo in enumerate(photos):
+        index = (which == p).nonzero().squeeze(1)
+        if len(index) == 0:
+            continue
+        top = (u[index, 0] * (photo.shape[1] - height + 1)).long()
+        left = (u[index, 1] * (photo.shape[2] - width + 1)).long()
+        r = (top[:, None] + rows)[:, :, None]
+        c = (left[:, None] + cols)[:, None, :]
+        patches[index] = photo[:, r, c].permute(1, 0, 2, 3)
+    return (patches.short() - digits.short()).abs_().to(torch.uint8)
+
+
+def _photo_files(ctx: DataContext) -> list[Path]:
+    folder = ctx.root / PHOTOS
+    files = sorted(folder.glob("*.jpg"))
+    if not files and ctx.download:
+        download_bsds500(ctx.root)
+        files = sorted(folder.glob("*.jpg"))
+    if not files:
+        raise DataError(
+            f"BSDS500 photos not found: expected the 200 train .jpg files in {folder} (the "
+            f"layout of BSR_bsds500.tgz); extract that archive under {ctx.root}, set data.root "
+            "or TRANSFERLAB_DATA, or pass data.download=true")
+    return files
+
+
+def _read_photo(path: Path) -> Tensor:
+    try:
+        return decode_image(str(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"cannot decode BSDS500 photo {path} ({e}); replace it with the file "
+                        "from BSR_bsds500.tgz") from None
+
+
+def _fingerprint(mnist: Domain, photo_files: list[Path], seed: int) -> str:
+    h = hashlib.sha256(f"mnistm-v{RECIPE_VERSION}-seed{seed}".encode())
+    for split in (mnist.train, mnist.test):
+        h.update(split.images.numpy().tobytes())
+    for p in photo_files:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _content_hash(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, fingerprint: str) -> dict[str, Tensor] | None:
+    """The cached tensors, or None when absent or damaged (then the caller rebuilds them)."""
+    meta_path = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = torch.load(path, weights_only=True)
+        if meta["fingerprint"] == fingerprint and meta["content"] == _content_hash(tensors):
+            return tensors
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError):
+        pass
+    if path.exists():
+        print(f"MNIST-M cache {path} is damaged or stale; rebuilding it")
+    return None
+
+
+def _write_cache(path: Path, fingerprint: str, tensors: dict[str, Tensor]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(tensors, tmp)
+        os.replace(tmp, path)
+        meta = {"fingerprint": fingerprint, "content": _content_hash(tensors),
+                "recipe_version": RECIPE_VERSION}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, path.with_suffix(".json"))
+    except OSError as e:
+        raise DataError(f"cannot write the MNIST-M cache to {path.parent} ({e.strerror}); set "
+                        "data.cache_dir to a writable folder") from None
+
+
+def download_bsds500(root: Path) -> None:
+    """Fetch BSR_bsds500.tgz and extract only the train photos, refusing any member whose path
+    would leave `root` (tarfile's `data` filter)."""
+    from torchvision.datasets.utils import download_url
+
+    try:
+        download_url(BSDS500_URL, str(root), filename="BSR_bsds500.tgz")
+    except Exception as e:  # noqa: BLE001 - urllib raises many types; all mean "no archive"
+        raise DataError(f"could not download {BSDS500_URL} ({e}); download it by hand and "
+                        f"extract it under {root}") from None
+    extract_photos(root / "BSR_bsds500.tgz", root)
+
+
+def extract_photos(archive: Path, root: Path) -> None:
+    prefix = str(PHOTOS) + "/"
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+        try:
+            tar.extractall(root, members=members, filter="data")
+        except tarfile.FilterError as e:
+            raise DataError(f"refusing to extract {archive}: {e}") from None

@@ -1,0 +1,86 @@
+"""ADDA: adversarial discriminative domain adaptation (Tzeng et al., CVPR 2017).
+
+Stage 1 trains a source encoder and classifier on labelled source. Stage 2 freezes both, starts
+a separate target encoder from the source encoder's weights, and plays a GAN game: the
+discriminator learns to tell source features from target features, and the target encoder is
+trained with inverted labels (its features labelled "source") to fool it. Target images are
+then classified by the target encoder and the frozen source classifier.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from transferlab.data.domain import DomainPair
+from transferlab.methods.base import (Batch, DomainName, Method, OptimizerFactory, Stage,
+                                      optimize, supervised_stage, unlabelled)
+from transferlab.nn import DomainDiscriminator
+from transferlab.nn.discriminator import SOURCE, TARGET
+
+
+class ADDA(Method):
+    def __init__(self, pretrain_steps: int, adapt_steps: int,
+                 adapt_optimizer: OptimizerFactory,
+                 discriminator_hidden: Sequence[int] = (500, 500), **common: Any) -> None:
+        super().__init__(**common)
+        self.pretrain_steps, self.adapt_steps = pretrain_steps, adapt_steps
+        self.make_adapt_optimizer = adapt_optimizer
+        self.target_encoder = copy.deepcopy(self.network.encoder)
+        self.discriminator = DomainDiscriminator(self.network.feature_dim, discriminator_hidden)
+        # Until stage 2 starts, target images are classified by the source network.
+        self.register_buffer("adapting", torch.tensor(False))
+
+    def stages(self, pair: DomainPair) -> list[Stage]:
+        pretrain = supervised_stage("pretrain", self.network,
+                                    self.optimizer(self.network.parameters()),
+                                    pair.source.train, self.pretrain_steps)
+        self._d_optimizer = self.make_adapt_optimizer(self.discriminator.parameters())
+        self._t_optimizer = self.make_adapt_optimizer(self.target_encoder.parameters())
+        adapt = Stage("adapt", self.adapt_steps, self.adapt_update,
+                      {"source": pair.source.train, "target": unlabelled(pair.target.train)},
+                      [self._d_optimizer, self._t_optimizer], anneal_lr=False,
+                      on_start=self.start_adapting)
+        return [pretrain, adapt]
+
+    def start_adapting(self) -> None:
+        self.target_encoder.load_state_dict(self.network.encoder.state_dict())
+        self.adapting.fill_(True)
+
+    def train(self, mode: bool = True) -> ADDA:
+        super().train(mode)
+        if self.adapting:  # the source network is frozen: keep its batch-norm statistics too
+            self.network.eval()
+            self.network.requires_grad_(False)
+        return self
+
+    def adapt_update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
+        (xs, _), (xt, _) = batch["source"], batch["target"]
+        with torch.no_grad():
+            source_features = self.network.encoder(xs)
+        target_features = self.target_encoder(xt)
+
+        logits = self.discriminator(torch.cat([source_features, target_features.detach()]))
+        domains = torch.cat([torch.full((len(xs),), SOURCE), torch.full((len(xt),), TARGET)])
+        domains = domains.to(logits.device)
+        d_loss = F.cross_entropy(logits, domains)
+        optimize(self._d_optimizer, d_loss)
+
+        # Inverted labels: the target encoder is rewarded when its features look like source.
+        fooled = torch.full((len(xt),), SOURCE, device=logits.device)
+        t_loss = F.cross_entropy(self.discriminator(target_features), fooled)
+        optimize(self._t_optimizer, t_loss)
+
+        d_acc = (logits.argmax(1) == domains).float().mean()
+        return {"loss/discriminator": d_loss, "loss/target_encoder": t_loss,
+                "adda/domain_acc": d_acc}
+
+    def predict(self, x: Tensor, domain: DomainName) -> Tensor:
+        if domain == "target" and self.adapting:
+            return self.network.head(self.target_encoder(x))
+        return self.network(x)

@@ -1,0 +1,51 @@
+"""DANN: domain-adversarial training (Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016).
+
+Features of a source and a target batch go through the label head (source only) and, behind a
+gradient-reversal layer, through a domain discriminator. Minimising the summed loss trains the
+discriminator to tell the domains apart and, through the reversed gradient, the encoder to make
+them indistinguishable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from transferlab.data.domain import DomainPair
+from transferlab.methods.base import Batch, Method, Stage, optimize, unlabelled
+from transferlab.nn import DomainDiscriminator, GradientReversal
+from transferlab.nn.discriminator import SOURCE, TARGET
+from transferlab.schedules import dann_lambda
+
+
+class DANN(Method):
+    def __init__(self, lambda_gamma: float = 10.0, lambda_max: float = 1.0,
+                 domain_hidden: Sequence[int] = (100,), **common: Any) -> None:
+        super().__init__(**common)
+        self.lambda_gamma, self.lambda_max = lambda_gamma, lambda_max
+        self.discriminator = DomainDiscriminator(self.network.feature_dim, domain_hidden)
+        self.reverse = GradientReversal()
+
+    def stages(self, pair: DomainPair) -> list[Stage]:
+        self._optimizer = self.optimizer(self.parameters())
+        data = {"source": pair.source.train, "target": unlabelled(pair.target.train)}
+        return [Stage("dann", self.steps, self.update, data, [self._optimizer])]
+
+    def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
+        (xs, ys), (xt, _) = batch["source"], batch["target"]
+        # One encoder pass over both domains: batch-norm layers (if any) see one joint batch.
+        features = self.network.encoder(torch.cat([xs, xt]))
+        label_loss = F.cross_entropy(self.network.head(features[: len(xs)]), ys)
+        lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
+        domain_logits = self.discriminator(self.reverse(features, lam))
+        domains = torch.cat([torch.full_like(ys, SOURCE), torch.full((len(xt),), TARGET,
+                                                                      device=ys.device)])
+        domain_loss = F.cross_entropy(domain_logits, domains)
+        optimize(self._optimizer, label_loss + domain_loss)
+        domain_acc = (domain_logits.argmax(1) == domains).float().mean()
+        return {"loss/classification": label_loss, "loss/domain": domain_loss,
+                "dann/lambda": torch.tensor(lam), "dann/domain_acc": domain_acc}

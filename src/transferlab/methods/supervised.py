@@ -1,0 +1,23 @@
+"""The two baselines: train on labelled source only (the lower bound of adaptation) or on
+labelled target (the oracle upper bound, which uses labels UDA never has)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transferlab.data.domain import DomainPair
+from transferlab.methods.base import DomainName, Method, Stage, supervised_stage
+
+
+class Supervised(Method):
+    def __init__(self, train_on: DomainName = "source", **common: Any) -> None:
+        super().__init__(**common)
+        if train_on not in ("source", "target"):
+            raise ValueError(f"train_on={train_on!r}; valid: 'source', 'target'")
+        self.train_on = train_on
+
+    def stages(self, pair: DomainPair) -> list[Stage]:
+        domain = pair.source if self.train_on == "source" else pair.target
+        optimizer = self.optimizer(self.network.parameters())
+        return [supervised_stage(f"train-{self.train_on}", self.network, optimizer,
+                                 domain.train, self.steps)]

@@ -1,0 +1,34 @@
+"""Backbones: each builds a `Classifier` for images of `in_channels` x `image_size`^2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from transferlab.nn.classifier import Classifier
+
+
+def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
+    norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
+    return [nn.Conv2d(c_in, c_out, 5), *norm, nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+
+
+def dann_mnist(in_channels: int, num_classes: int, image_size: int = 28,
+               batch_norm: bool = False, head_hidden: Sequence[int] = (100, 100)) -> Classifier:
+    """The MNIST network of the DANN paper (JMLR 2016, fig. 4 and appendix): conv 5x5x32 →
+    maxpool 2 → conv 5x5x48 → maxpool 2 → features; label head 100 → 100 → classes."""
+    encoder = nn.Sequential(*_conv_block(in_channels, 32, batch_norm),
+                            *_conv_block(32, 48, batch_norm), nn.Flatten())
+    return Classifier(encoder, num_classes, head_hidden, in_channels, image_size)
+
+
+def lenet(in_channels: int, num_classes: int, image_size: int = 28, batch_norm: bool = False,
+          feature_dim: int = 500) -> Classifier:
+    """LeNet as in the ADDA paper: conv 5x5x20 → maxpool → conv 5x5x50 → maxpool → fc 500
+    (the features) → linear classifier."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    encoder = nn.Sequential(*_conv_block(in_channels, 20, batch_norm),
+                            *_conv_block(20, 50, batch_norm), nn.Flatten(),
+                            nn.Linear(50 * side * side, feature_dim), nn.ReLU(inplace=True))
+    return Classifier(encoder, num_classes, (), in_channels, image_size)
