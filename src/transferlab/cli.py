@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
+from transferlab.config import register_resolvers
 from transferlab.data.domain import DomainPair
-from transferlab.errors import UserError
+from transferlab.errors import UserError, find_user_error
 from transferlab.methods.base import Method
 from transferlab.train import TrainerConfig, fit
 
@@ -35,6 +36,7 @@ def _config_dir() -> str:
 
 
 CONFIG_DIR = _config_dir()
+register_resolvers()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,8 +121,9 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
         print_table(pair, metrics)
         return metrics
     except BaseException as e:
+        cause = find_user_error(e) or e
         record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                      error=f"{type(e).__name__}: {e}")
+                      error=f"{type(cause).__name__}: {cause}")
         raise
     finally:
         record["wall_time_s"] = round(time.time() - start, 3)
@@ -133,10 +136,11 @@ def hydra_main(cfg: DictConfig) -> dict[str, float] | None:
     choices = {g: hc.runtime.choices[g] for g in ("data", "backbone", "method")}
     try:
         return run(cfg, Path(hc.runtime.output_dir), choices)
-    except UserError as e:
-        if os.environ.get(DEBUG_ENV):
+    except Exception as e:
+        error = find_user_error(e)
+        if error is None or os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             return None  # recorded as failed in results.json; the other jobs go on
         sys.exit(2)

@@ -7,3 +7,15 @@ class UserError(Exception):
 
 class DataError(UserError):
     """Data files are missing, truncated or corrupted."""
+
+
+def find_user_error(error: BaseException) -> UserError | None:
+    """The UserError behind `error`, also when a library (Hydra's instantiate) wrapped it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

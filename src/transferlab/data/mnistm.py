@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.functional import pil_to_tensor
 
 from transferlab.data.domain import DataContext, Domain, Split
 from transferlab.data.mnist import load_mnist
@@ -84,8 +85,9 @@ def _photo_files(ctx: DataContext) -> list[Path]:
 
 def _read_photo(path: Path) -> Tensor:
     try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError) as e:
+        with Image.open(path) as image:
+            return pil_to_tensor(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"cannot decode BSDS500 photo {path} ({e}); replace it with the file "
                         "from BSR_bsds500.tgz") from None
 

@@ -1,0 +1,39 @@
+"""In-process runs through the same path as the CLI (compose → run), for fast method tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from transferlab.cli import CONFIG_DIR, run
+
+GROUPS = ("data", "backbone", "method")
+
+
+def choices_of(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run_in_process(out_dir: Path, *overrides: str) -> dict:
+    cfg = compose_config("data=tiny", "device=cpu", "trainer.progress_bar=false", *overrides)
+    chosen = dict(o.split("=", 1) for o in ("data=tiny", *overrides) if o.split("=")[0] in GROUPS)
+    choices = {"data": "tiny", "backbone": "dann_mnist", "method": "source_only", **chosen}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run(cfg, out_dir, choices)
+    return json.loads((out_dir / "results.json").read_text())
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
