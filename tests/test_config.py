@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 from hydra.utils import instantiate
+
 from helpers import choices_of, compose_config
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import choices_of, compose_config, run_in_process, scalar_tags
 
+from helpers import choices_of, compose_config, run_in_process, scalar_tags
 from transferlab.cli import build
 from transferlab.data.domain import Split
 from transferlab.train import TrainerConfig, fit

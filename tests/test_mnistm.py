@@ -3,8 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab.data import DataContext
-from transferlab.data import mnistm
+from transferlab.data import DataContext, mnistm
 from transferlab.data.mnistm import blend, load_mnistm
 from transferlab.errors import DataError
 

@@ -69,7 +69,7 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int,
         streams = {name: BatchStream(split, cfg.batch_size, seed=seed * 1000 + index * 10 + k)
                    for k, (name, split) in enumerate(stage.data.items())}
         factor = method.lr_factor if stage.anneal_lr else (lambda p: 1.0)
-        schedulers = [LambdaLR(opt, lambda i, n=stage.steps: factor(i / n))
+        schedulers = [LambdaLR(opt, lambda i, n=stage.steps, f=factor: f(i / n))
                       for opt in stage.optimizers]
         for i in range(stage.steps):
             batch = {name: (as_input(x, pair.channels), y)

@@ -40,7 +40,7 @@ def _unreadable(raw) -> DataError:
     for name in names:
         try:
             read_sn3_pascalvincent_tensor(str(raw / name), strict=True)
-        except Exception:  # noqa: BLE001 - any failure to parse means this file is the bad one
+        except Exception:
             return DataError(f"cannot read {raw / name}: truncated or not an IDX file; replace "
                              "it with the original MNIST file (or delete it and pass "
                              "data.download=true)")

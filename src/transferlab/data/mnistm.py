@@ -14,8 +14,8 @@ import tarfile
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
 from transferlab.data.domain import DataContext, Domain, Split
@@ -148,7 +148,7 @@ def download_bsds500(root: Path) -> None:
 
     try:
         download_url(BSDS500_URL, str(root), filename="BSR_bsds500.tgz")
-    except Exception as e:  # noqa: BLE001 - urllib raises many types; all mean "no archive"
+    except Exception as e:
         raise DataError(f"could not download {BSDS500_URL} ({e}); download it by hand and "
                         f"extract it under {root}") from None
     extract_photos(root / "BSR_bsds500.tgz", root)

@@ -18,8 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transferlab.data.domain import DomainPair
-from transferlab.methods.base import (Batch, DomainName, Method, OptimizerFactory, Stage,
-                                      optimize, supervised_stage, unlabelled)
+from transferlab.methods.base import (
+    Batch,
+    DomainName,
+    Method,
+    OptimizerFactory,
+    Stage,
+    optimize,
+    supervised_stage,
+    unlabelled,
+)
 from transferlab.nn import DomainDiscriminator
 from transferlab.nn.discriminator import SOURCE, TARGET
 

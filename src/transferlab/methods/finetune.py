@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from transferlab.data.domain import DomainPair
-from transferlab.methods.base import Method, Stage, supervised_stage
 from transferlab.errors import UserError
+from transferlab.methods.base import Method, Stage, supervised_stage
 
 
 def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) -> Tensor:
