@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 import torchvision
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
+from transferlab.checkpoint import Checkpointer
 from transferlab.config import register_resolvers
 from transferlab.data.domain import DomainPair
 from transferlab.errors import UserError, find_user_error
@@ -56,9 +58,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
@@ -104,15 +111,22 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         device = resolve_device(cfg.device)
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed, cfg.trainer.deterministic)
         pair, method = build(cfg, device)
         trainer = TrainerConfig(**{k: cfg.trainer[k] for k in TrainerConfig.__dataclass_fields__})
-        with SummaryWriter(log_dir=str(out_dir / "tb")) as writer:
+        checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
+                                    record["config"])
+        resume = checkpointer.load()
+        if resume:
+            print(f"resuming from {checkpointer.path} at step {resume['step']}")
+        # purge_step drops events logged after the checkpoint by the run that was cut short.
+        with SummaryWriter(log_dir=str(out_dir / "tb"),
+                           purge_step=resume["step"] if resume else None) as writer:
             def log(scalars: dict[str, float], step: int) -> None:
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, step)
 
-            history = fit(method, pair, trainer, cfg.seed, log)
+            history = fit(method, pair, trainer, cfg.seed, log, checkpointer, resume)
         metrics = {k: history[-1][k] for k in ("source_acc", "target_acc", "source_val_acc")}
         record.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
@@ -136,6 +150,10 @@ def hydra_main(cfg: DictConfig) -> dict[str, float] | None:
     choices = {g: hc.runtime.choices[g] for g in ("data", "backbone", "method")}
     try:
         return run(cfg, Path(hc.runtime.output_dir), choices)
+    except KeyboardInterrupt as e:
+        print(f"\n{e or 'interrupted'}. To resume, rerun the same command with "
+              f"hydra.run.dir={hc.runtime.output_dir}", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         error = find_user_error(e)
         if error is None or os.environ.get(DEBUG_ENV):

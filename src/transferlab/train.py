@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from transferlab.checkpoint import Checkpointer, set_rng_state
 from transferlab.data.domain import BatchStream, DomainPair, Split, as_input
-from transferlab.methods.base import DomainName, Method
+from transferlab.errors import UserError
+from transferlab.methods.base import DomainName, Method, Stage
 
 Metrics = dict[str, float]
+Log = Callable[[dict[str, float], int], None]
 
 
 @dataclass
@@ -22,7 +29,16 @@ class TrainerConfig:
     eval_every: int
     eval_batch_size: int = 2048
     log_every: int = 50
+    checkpoint_every: int = 1000
     progress_bar: bool = True
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
 
 
 @torch.inference_mode()
@@ -49,47 +65,128 @@ def evaluate(method: Method, pair: DomainPair, batch_size: int) -> Metrics:
     return metrics
 
 
-def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int,
-        log: Callable[[dict[str, float], int], None]) -> list[dict]:
-    """Run every stage of `method`; return the evaluation history (one record per eval).
+class FiniteCheck:
+    """Remembers, on the device, the first step whose logged losses were NaN or infinite, so
+    the loop need not wait for the device every step; `raise_if_bad` syncs and reports."""
 
-    `log(scalars, step)` receives losses, learning rates and accuracies (TensorBoard tags).
-    """
-    history: list[dict] = []
+    def __init__(self) -> None:
+        self.first_bad: Tensor | None = None
+        self.names: list[str] = []
+
+    def update(self, scalars: dict[str, Tensor], step: int) -> None:
+        values = torch.stack([v.detach().float() for v in scalars.values()])
+        bad = ~values.isfinite()
+        if self.first_bad is None:
+            self.first_bad = torch.full((2,), -1, dtype=torch.long, device=values.device)
+            self.names = list(scalars)
+        newly = bad.any() & (self.first_bad[0] < 0)
+        found = torch.stack([torch.full_like(self.first_bad[0], step), bad.int().argmax()])
+        self.first_bad = torch.where(newly, found, self.first_bad)
+
+    def raise_if_bad(self, checkpoint: str) -> None:
+        if self.first_bad is not None and self.first_bad[0] >= 0:
+            step, which = self.first_bad.tolist()
+            raise NonFiniteLoss(f"{self.names[which]} became NaN or infinite at step {step}; "
+                                f"stopped. Last good checkpoint: {checkpoint}")
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[bool]]:
+    """Turn Ctrl-C into a flag the loop checks between steps, so that the checkpoint it then
+    saves is of a consistent state, not of an optimizer step cut in half."""
+    requested = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested[0]:  # a second Ctrl-C: the user wants out now
+            raise KeyboardInterrupt
+        requested[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Log,
+        checkpointer: Checkpointer | None = None,
+        resume: dict[str, Any] | None = None) -> list[dict]:
+    """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
+    evaluation history. `log(scalars, step)` receives losses, learning rates, accuracies."""
     stages = method.stages(pair)
     total = sum(s.steps for s in stages)
-    step = 0
-    bar = tqdm(total=total, disable=not cfg.progress_bar, dynamic_ncols=True)
-    method.train()
-    for index, stage in enumerate(stages):
-        bar.set_description(stage.name)
-        if stage.on_start:
-            stage.on_start()
+    step, history = (resume["step"], resume["history"]) if resume else (0, [])
+    if resume:
+        method.load_state_dict(resume["method"])
+        set_rng_state(resume["rng"])
+    finite = FiniteCheck()
+    bar = tqdm(total=total, initial=step, disable=not cfg.progress_bar, dynamic_ncols=True)
+    stage_start = 0
+    with stop_requests() as stop:
+        for index, stage in enumerate(stages):
+            done = min(max(step - stage_start, 0), stage.steps)  # steps of it already run
+            stage_start += stage.steps
+            if done == stage.steps:
+                continue
+            bar.set_description(stage.name)
+            streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method)
+            parts = {"optimizers": stage.optimizers, "schedulers": schedulers,
+                     "streams": list(streams.values())}
+            if done > 0 and resume:
+                _restore(parts, resume)
+            elif stage.on_start:
+                stage.on_start()
             method.train()
-        streams = {name: BatchStream(split, cfg.batch_size, seed=seed * 1000 + index * 10 + k)
-                   for k, (name, split) in enumerate(stage.data.items())}
-        factor = method.lr_factor if stage.anneal_lr else (lambda p: 1.0)
-        schedulers = [LambdaLR(opt, lambda i, n=stage.steps, f=factor: f(i / n))
-                      for opt in stage.optimizers]
-        for i in range(stage.steps):
-            batch = {name: (as_input(x, pair.channels), y)
-                     for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
-            scalars = stage.update(batch, i / stage.steps)
-            for scheduler in schedulers:
-                scheduler.step()
-            step += 1
-            bar.update()
-            if step % cfg.log_every == 0 or step == total:
-                values = {k: float(v.detach()) for k, v in scalars.items()}
-                values[f"lr/{stage.name}"] = stage.optimizers[0].param_groups[0]["lr"]
-                log(values, step)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()})
-            if step % cfg.eval_every == 0 or step == total:
-                metrics = evaluate(method, pair, cfg.eval_batch_size)
-                history.append({"step": step, "stage": stage.name, **metrics})
-                log({f"acc/{k.removesuffix('_acc')}": v for k, v in metrics.items()}, step)
+
+            for i in range(done, stage.steps):
+                batch = {name: (as_input(x, pair.channels), y)
+                         for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
+                scalars = stage.update(batch, i / stage.steps)
+                for scheduler in schedulers:
+                    scheduler.step()
+                step += 1
+                bar.update()
+                finite.update(scalars, step)
+                if step % cfg.log_every == 0 or step == total:
+                    values = {k: float(v.detach()) for k, v in scalars.items()}
+                    values[f"lr/{stage.name}"] = stage.optimizers[0].param_groups[0]["lr"]
+                    log(values, step)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()})
+                if step % cfg.eval_every == 0 or step == total:
+                    finite.raise_if_bad(str(checkpointer.path if checkpointer else None))
+                    metrics = evaluate(method, pair, cfg.eval_batch_size)
+                    history.append({"step": step, "stage": stage.name, **metrics})
+                    log({f"acc/{k.removesuffix('_acc')}": v for k, v in metrics.items()}, step)
+                if checkpointer and (checkpointer.due(step) or step == total or stop[0]):
+                    finite.raise_if_bad(str(checkpointer.path))
+                    checkpointer.save({"step": step, "history": history,
+                                       "method": method.state_dict(), **_states(parts)})
+                if stop[0]:
+                    bar.close()
+                    raise Interrupted(f"interrupted at step {step}; checkpoint saved to "
+                                      f"{checkpointer.path if checkpointer else '(none)'}")
     bar.close()
     if not history:  # zero steps: still report the untrained model
-        history.append({"step": 0, "stage": "none", **evaluate(method, pair,
-                                                               cfg.eval_batch_size)})
+        history.append({"step": 0, "stage": "none",
+                        **evaluate(method, pair, cfg.eval_batch_size)})
     return history
+
+
+def _prepare(stage: Stage, index: int, seed: int, batch_size: int,
+             method: Method) -> tuple[dict[str, BatchStream], list[LambdaLR]]:
+    streams = {name: BatchStream(split, batch_size, seed=seed * 1000 + index * 10 + k)
+               for k, (name, split) in enumerate(stage.data.items())}
+    factor = method.lr_factor if stage.anneal_lr else (lambda p: 1.0)
+    schedulers = [LambdaLR(opt, lambda i, n=stage.steps, f=factor: f(i / n))
+                  for opt in stage.optimizers]
+    return streams, schedulers
+
+
+def _states(parts: dict[str, list]) -> dict[str, list]:
+    return {key: [p.state_dict() for p in items] for key, items in parts.items()}
+
+
+def _restore(parts: dict[str, list], state: dict[str, list]) -> None:
+    for key, items in parts.items():
+        for item, saved in zip(items, state[key], strict=True):
+            item.load_state_dict(saved)

@@ -1,0 +1,86 @@
+"""Checkpoints that survive kills: written atomically, loaded without unpickling code.
+
+A checkpoint holds everything needed to continue a run bit-for-bit on the same machine: the
+method's weights, the current stage's optimizers, schedulers and batch streams, the RNG states
+of torch, numpy and Python, the global step and the evaluation history.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferlab.errors import UserError
+
+LATEST = "last.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, fsync, then rename over `path`: a kill at any moment
+    leaves either the old checkpoint or the new one, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_safely(path: Path) -> Any:
+    """Load with `weights_only=True`: tensors and plain containers only, never arbitrary code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"refusing to load {path}: it holds objects other than tensors and "
+                        f"plain data ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"cannot read checkpoint {path} ({e}); delete it to start over") from None
+
+
+class Checkpointer:
+    """The run's checkpoint folder. `config` is the resolved run config: a checkpoint made with
+    a different one is not resumed silently."""
+
+    def __init__(self, folder: Path, every: int, config: dict[str, Any]) -> None:
+        self.path = folder / LATEST
+        self.every = every
+        self.config = config
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        state = load_safely(self.path)
+        if state.get("config") != self.config:
+            raise UserError(f"{self.path} was made with a different config; rerun with the "
+                            "original overrides to resume, or use a new hydra.run.dir")
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        save_atomic({**state, "config": self.config, "rng": rng_state()}, self.path)
