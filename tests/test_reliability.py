@@ -192,3 +192,63 @@ def test_same_seed_same_metrics_different_seed_different_run(tmp_path: Path):
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
     assert a["history"] != c["history"]
     assert a["seed"] == 3 and set(a["versions"]) >= {"torch", "torchvision", "transferlab"}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method=danm", "method=danm is not a valid choice; valid: adda, dann, finetune, "
+                    "source_only, target_only"),
+    ("trainer.steps=-5", "trainer.steps=-5 is invalid: must be an integer >= 0"),
+    ("trainer.batch_size=abc", "trainer.batch_size='abc' is invalid: must be an integer >= 1"),
+    ("method=finetune method.shots=0", "method.shots=0 is invalid: must be an integer >= 1"),
+    ("data.download=maybe", "data.download='maybe' is invalid: must be true or false"),
+])
+def test_bad_input_is_one_line_naming_key_and_allowed_values(tmp_path: Path, override, message):
+    result = run_cli(*TINY_FAST, *override.split(), f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {message}"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path: Path):
+    result = run_cli("--debug", *TINY_FAST, "trainer.steps=-5",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def _idx_root(tmp_path: Path) -> Path:
+    from conftest import make_mnist
+
+    make_mnist(tmp_path / "data")
+    return tmp_path / "data" / "MNIST" / "raw"
+
+
+def test_truncated_idx_file_is_named(tmp_path: Path):
+    raw = _idx_root(tmp_path)
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    from transferlab.data import DataContext
+    from transferlab.data.mnist import load_mnist
+
+    with pytest.raises(DataError, match=str(path)):
+        load_mnist(DataContext(tmp_path / "data", False, tmp_path))
+
+
+def test_wrong_magic_number_is_named(tmp_path: Path):
+    raw = _idx_root(tmp_path)
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x00\x00" + path.read_bytes()[4:])
+    from transferlab.data import DataContext
+    from transferlab.data.mnist import load_mnist
+
+    with pytest.raises(DataError, match=str(path)):
+        load_mnist(DataContext(tmp_path / "data", False, tmp_path))
+
+
+def test_unreadable_photo_is_named(tmp_path: Path, data_root: Path):
+    from transferlab.data import DataContext
+    from transferlab.data.mnistm import load_mnistm
+
+    bad = sorted((data_root / "BSR/BSDS500/data/images/train").glob("*.jpg"))[1]
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=str(bad)):
+        load_mnistm(DataContext(data_root, False, tmp_path / "cache"))

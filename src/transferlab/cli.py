@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
 from transferlab.checkpoint import Checkpointer
-from transferlab.config import register_resolvers
+from transferlab.config import check_choices, register_resolvers, validate
 from transferlab.data.domain import DomainPair
 from transferlab.errors import UserError, find_user_error
 from transferlab.methods.base import Method
@@ -108,6 +108,7 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
         "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions()}
     results = out_dir / "results.json"
     try:
+        validate(cfg)
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         device = resolve_device(cfg.device)
@@ -170,4 +171,9 @@ def main() -> None:
         sys.argv.remove("--debug")
         os.environ[DEBUG_ENV] = "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        check_choices(sys.argv[1:], CONFIG_DIR)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     hydra_main()

@@ -1,8 +1,118 @@
-"""Config helpers shared by the entrypoint and the tests: resolvers used by `conf/`."""
+"""The config schema, checked once before a run starts, and the resolvers `conf/` uses.
+
+Hydra composes the config; this module says which values are allowed. Top-level keys are
+described by `Rule`s below; a method's own keys by its constructor's type hints plus its
+`limits` class attribute, so that a new method states its constraints in its one file.
+"""
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+import inspect
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.errors import UserError
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be: its type, an optional range, optional choices."""
+
+    kind: type
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    def allowed(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        else:
+            text = _KINDS[self.kind]
+            if self.min is not None:
+                text += f" >= {self.min}"
+            if self.max is not None:
+                text += f" <= {self.max}"
+        return text + (" or null" if self.nullable else "")
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None and self.nullable:
+            return
+        # bool is an int to Python, but `steps=true` is a mistake; ints are fine as floats.
+        ok_type = isinstance(value, self.kind) and not (
+            self.kind is not bool and isinstance(value, bool))
+        ok_type = ok_type or (self.kind is float and isinstance(value, int)
+                              and not isinstance(value, bool))
+        ok = ok_type and (
+            (self.choices is None or value in self.choices)
+            and (self.min is None or value >= self.min)
+            and (self.max is None or value <= self.max))
+        if not ok:
+            raise UserError(f"{key}={value!r} is invalid: must be {self.allowed()}")
+
+
+SCHEMA: dict[str, Rule] = {
+    "seed": Rule(int, min=0),
+    "device": Rule(str),
+    "objective": Rule(str, choices=("source_val_acc", "source_acc", "target_acc")),
+    "data.root": Rule(str),
+    "data.download": Rule(bool),
+    "data.cache_dir": Rule(str, nullable=True),
+    "data.source_val_size": Rule(int, min=0),
+    "data.split_seed": Rule(int, min=0),
+    "data.image_size": Rule(int, min=8, nullable=True),
+    "trainer.steps": Rule(int, min=0),
+    "trainer.batch_size": Rule(int, min=1),
+    "trainer.eval_every": Rule(int, min=1),
+    "trainer.eval_batch_size": Rule(int, min=1),
+    "trainer.log_every": Rule(int, min=1),
+    "trainer.checkpoint_every": Rule(int, min=0),
+    "trainer.deterministic": Rule(bool),
+    "trainer.progress_bar": Rule(bool),
+    "trainer.num_threads": Rule(int, min=1, nullable=True),
+    "trainer.optimizer.lr": Rule(float, min=0),
+    "trainer.lr_schedule.alpha": Rule(float, min=0),
+    "trainer.lr_schedule.beta": Rule(float, min=0),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise a one-line UserError naming the first bad value and what would be valid."""
+    for key, rule in SCHEMA.items():
+        if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
+            rule.check(key, OmegaConf.select(cfg, key))
+    method = get_class(cfg.method._target_)
+    hints = typing.get_type_hints(method.__init__)
+    limits: dict[str, Rule] = getattr(method, "limits", {})
+    for name in inspect.signature(method).parameters:
+        if name not in cfg.method:
+            continue
+        rule = limits.get(name) or (Rule(hints[name]) if hints.get(name) in _KINDS else None)
+        if rule:
+            rule.check(f"method.{name}", cfg.method[name])
+
+
+def check_choices(overrides: list[str], config_dir: str) -> None:
+    """One-line error for `group=choice` overrides naming a config that does not exist, before
+    Hydra prints its multi-line report. Sweeps (`method=a,b`) are checked choice by choice."""
+    root = Path(config_dir)
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        folder = root / key
+        if not sep or "/" in key or not folder.is_dir() or value.startswith(("[", "{")):
+            continue
+        valid = sorted(p.stem for p in folder.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice.strip() not in valid:
+                raise UserError(f"{key}={choice.strip()} is not a valid choice; valid: "
+                                f"{', '.join(valid)}")
 
 
 def register_resolvers() -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transferlab.config import Rule
 from transferlab.data.domain import DomainPair
 from transferlab.methods.base import (
     Batch,
@@ -33,6 +34,8 @@ from transferlab.nn.discriminator import SOURCE, TARGET
 
 
 class ADDA(Method):
+    limits: ClassVar = {"pretrain_steps": Rule(int, min=0), "adapt_steps": Rule(int, min=0)}
+
     def __init__(self, pretrain_steps: int, adapt_steps: int,
                  adapt_optimizer: OptimizerFactory,
                  discriminator_hidden: Sequence[int] = (500, 500), **common: Any) -> None:

@@ -9,12 +9,13 @@ them indistinguishable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transferlab.config import Rule
 from transferlab.data.domain import DomainPair
 from transferlab.methods.base import Batch, Method, Stage, optimize, unlabelled
 from transferlab.nn import DomainDiscriminator, GradientReversal
@@ -23,6 +24,8 @@ from transferlab.schedules import dann_lambda
 
 
 class DANN(Method):
+    limits: ClassVar = {"lambda_gamma": Rule(float, min=0), "lambda_max": Rule(float, min=0)}
+
     def __init__(self, lambda_gamma: float = 10.0, lambda_max: float = 1.0,
                  domain_hidden: Sequence[int] = (100,), **common: Any) -> None:
         super().__init__(**common)

@@ -3,11 +3,12 @@ target samples per class, drawn with the run's seed from the target *train* spli
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from transferlab.config import Rule
 from transferlab.data.domain import DomainPair
 from transferlab.errors import UserError
 from transferlab.methods.base import Method, Stage, supervised_stage
@@ -28,6 +29,10 @@ def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) ->
 
 
 class FineTune(Method):
+    limits: ClassVar = {"shots": Rule(int, min=1), "pretrain_steps": Rule(int, min=0),
+                        "finetune_steps": Rule(int, min=0), "backbone_lr": Rule(float, min=0),
+                        "head_lr": Rule(float, min=0)}
+
     def __init__(self, shots: int, pretrain_steps: int, finetune_steps: int,
                  backbone_lr: float, head_lr: float, **common: Any) -> None:
         super().__init__(**common)

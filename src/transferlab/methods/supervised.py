@@ -3,17 +3,18 @@ labelled target (the oracle upper bound, which uses labels UDA never has)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from transferlab.config import Rule
 from transferlab.data.domain import DomainPair
 from transferlab.methods.base import DomainName, Method, Stage, supervised_stage
 
 
 class Supervised(Method):
+    limits: ClassVar = {"train_on": Rule(str, choices=("source", "target"))}
+
     def __init__(self, train_on: DomainName = "source", **common: Any) -> None:
         super().__init__(**common)
-        if train_on not in ("source", "target"):
-            raise ValueError(f"train_on={train_on!r}; valid: 'source', 'target'")
         self.train_on = train_on
 
     def stages(self, pair: DomainPair) -> list[Stage]:
