@@ -88,7 +88,7 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[DomainPair, Method]:
         cfg.method, network=network, optimizer=instantiate(cfg.trainer.optimizer),
         steps=cfg.trainer.steps, seed=cfg.seed, lr_alpha=cfg.trainer.lr_schedule.alpha,
         lr_beta=cfg.trainer.lr_schedule.beta)
-    return pair, method.to(device)
+    return pair, method.to(device, memory_format=torch.channels_last)
 
 
 def print_table(pair: DomainPair, metrics: dict[str, float]) -> None:

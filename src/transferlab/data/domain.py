@@ -100,11 +100,11 @@ class DomainPair:
 
 
 def as_input(images: Tensor, channels: int) -> Tensor:
-    """uint8 batch → float in [-1, 1], grey images repeated to `channels` (a view, no copy)."""
-    x = images.float().mul_(2 / 255).sub_(1)
-    if x.shape[1] != channels:
-        x = x.expand(-1, channels, -1, -1)
-    return x
+    """uint8 batch → float in [-1, 1], grey images repeated to `channels`, in channels-last
+    layout (convolutions run markedly faster in it on CPU and on tensor-core GPUs)."""
+    x = images.expand(-1, channels, -1, -1) if images.shape[1] != channels else images
+    x = x.contiguous(memory_format=torch.channels_last).float()
+    return x.mul_(2 / 255).sub_(1)
 
 
 def default_cache_dir(root: Path) -> Path:
