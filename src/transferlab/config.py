@@ -76,6 +76,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.checkpoint_every": Rule(int, min=0),
     "trainer.deterministic": Rule(bool),
     "trainer.progress_bar": Rule(bool),
+    "trainer.precision": Rule(str, choices=("auto", "fp32", "bf16")),
     "trainer.num_threads": Rule(int, min=1, nullable=True),
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),

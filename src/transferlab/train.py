@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class TrainerConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     progress_bar: bool = True
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; or fp32, bf16
 
 
 class NonFiniteLoss(UserError):
@@ -120,6 +122,10 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         method.load_state_dict(resume["method"])
         set_rng_state(resume["rng"])
     finite = FiniteCheck()
+    device = pair.source_val.images.device
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     bar = tqdm(total=total, initial=step, disable=not cfg.progress_bar, dynamic_ncols=True)
     stage_start = 0
     with stop_requests() as stop:
@@ -141,7 +147,8 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             for i in range(done, stage.steps):
                 batch = {name: (as_input(x, pair.channels), y)
                          for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
-                scalars = stage.update(batch, i / stage.steps)
+                with autocast:
+                    scalars = stage.update(batch, i / stage.steps)
                 for scheduler in schedulers:
                     scheduler.step()
                 step += 1
@@ -154,8 +161,10 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()})
                 if step % cfg.eval_every == 0 or step == total:
                     finite.raise_if_bad(str(checkpointer.path if checkpointer else None))
-                    metrics = evaluate(method, pair, cfg.eval_batch_size)
-                    history.append({"step": step, "stage": stage.name, **metrics})
+                    with autocast:
+                        metrics = evaluate(method, pair, cfg.eval_batch_size)
+                    history.append({"step": step, "stage": stage.name, **metrics,
+                                    "time_s": round(time.perf_counter() - start, 2)})
                     log({f"acc/{k.removesuffix('_acc')}": v for k, v in metrics.items()}, step)
                 if checkpointer and (checkpointer.due(step) or step == total or stop[0]):
                     finite.raise_if_bad(str(checkpointer.path))
@@ -167,7 +176,7 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                                       f"{checkpointer.path if checkpointer else '(none)'}")
     bar.close()
     if not history:  # zero steps: still report the untrained model
-        history.append({"step": 0, "stage": "none",
+        history.append({"step": 0, "stage": "none", "time_s": 0.0,
                         **evaluate(method, pair, cfg.eval_batch_size)})
     return history
 
