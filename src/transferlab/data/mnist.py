@@ -6,6 +6,7 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from transferlab.data.domain import DataContext, Domain, Split
+from transferlab.data.files import not_found, unreadable
 from transferlab.errors import DataError
 
 
@@ -15,11 +16,8 @@ def load_mnist(ctx: DataContext) -> Domain:
         train, test = (MNIST(str(ctx.root), train=t, download=ctx.download) for t in (True, False))
     except RuntimeError as e:
         if "not found" in str(e):
-            hint = ("pass data.download=true to fetch it" if not ctx.download
-                    else "the download failed; copy the files there by hand")
-            raise DataError(f"MNIST not found: expected {raw}/train-images-idx3-ubyte (and the "
-                            f"other three IDX files); set data.root or TRANSFERLAB_DATA to the "
-                            f"folder holding MNIST/raw, or {hint}") from None
+            raise not_found(ctx, "MNIST", f"{raw}/train-images-idx3-ubyte (and the other three "
+                            "IDX files)", "MNIST/raw") from None
         if "download" in str(e).lower():
             raise DataError(f"could not download MNIST into {raw} ({str(e).splitlines()[0]}); "
                             "copy the IDX files there by hand") from None
@@ -41,8 +39,6 @@ def _unreadable(raw) -> DataError:
         try:
             read_sn3_pascalvincent_tensor(str(raw / name), strict=True)
         except Exception:
-            return DataError(f"cannot read {raw / name}: truncated or not an IDX file; replace "
-                             "it with the original MNIST file (or delete it and pass "
-                             "data.download=true)")
+            return unreadable(raw / name, "MNIST", "truncated or not an IDX file")
     return DataError(f"MNIST files in {raw} do not match each other (image and label counts "
                      "differ); replace them with the original MNIST files")
