@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
 from transferlab.data.domain import DataContext, Domain, Split
+from transferlab.data.files import not_found
 from transferlab.data.mnist import load_mnist
 from transferlab.errors import DataError
 
@@ -76,10 +77,8 @@ def _photo_files(ctx: DataContext) -> list[Path]:
         download_bsds500(ctx.root)
         files = sorted(folder.glob("*.jpg"))
     if not files:
-        raise DataError(
-            f"BSDS500 photos not found: expected the 200 train .jpg files in {folder} (the "
-            f"layout of BSR_bsds500.tgz); extract that archive under {ctx.root}, set data.root "
-            "or TRANSFERLAB_DATA, or pass data.download=true")
+        raise not_found(ctx, "BSDS500 photos", f"the 200 train .jpg files in {folder} (the "
+                        "layout inside BSR_bsds500.tgz)", str(PHOTOS))
     return files
 
 
