@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import random
@@ -22,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
+from transferlab import sweeps
 from transferlab.checkpoint import Checkpointer
 from transferlab.config import check_choices, register_resolvers, validate
 from transferlab.data.domain import DomainPair
 from transferlab.errors import UserError, find_user_error
+from transferlab.hparams import log_hparams
 from transferlab.methods.base import Method
 from transferlab.train import TrainerConfig, fit
 
@@ -39,6 +42,7 @@ def _config_dir() -> str:
 
 CONFIG_DIR = _config_dir()
 register_resolvers()
+sweeps.register()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,6 +133,7 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
 
             history = fit(method, pair, trainer, cfg.seed, log, checkpointer, resume)
         metrics = {k: history[-1][k] for k in ("source_acc", "target_acc", "source_val_acc")}
+        log_hparams(out_dir / "tb", record["config"], choices, metrics)
         record.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
@@ -146,22 +151,35 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> dict[str, float] | None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns the `objective` metric, which sweepers such as Optuna optimise."""
     hc = HydraConfig.get()
     choices = {g: hc.runtime.choices[g] for g in ("data", "backbone", "method")}
     try:
-        return run(cfg, Path(hc.runtime.output_dir), choices)
+        return float(run(cfg, Path(hc.runtime.output_dir), choices)[cfg.objective])
     except KeyboardInterrupt as e:
-        print(f"\n{e or 'interrupted'}. To resume, rerun the same command with "
-              f"hydra.run.dir={hc.runtime.output_dir}", file=sys.stderr)
+        # A sweep resumes as a whole: every job continues from its own checkpoint.
+        again = (f"hydra.sweep.dir={hc.sweep.dir}" if hc.mode == RunMode.MULTIRUN
+                 else f"hydra.run.dir={hc.runtime.output_dir}")
+        print(f"\n{e or 'interrupted'}. To resume, rerun the same command with {again}",
+              file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         error = find_user_error(e)
-        if error is None or os.environ.get(DEBUG_ENV):
+        multirun = hc.mode == RunMode.MULTIRUN
+        if os.environ.get(DEBUG_ENV) or (error is None and not multirun):
             raise
+        if multirun:
+            # run() recorded the failure in results.json. Re-raising would make Hydra's
+            # sweepers stop after this batch (Optuna: after this trial); returning None lets
+            # the other jobs run, Optuna marks the trial failed, and sweeps.SweepReport lists
+            # the job at the end. Bugs keep their traceback, in the job's log.
+            if error is None:
+                logging.getLogger(__name__).exception("job failed")
+            print(f"error: {hc.runtime.output_dir}: {sweeps.one_line(error or e)}",
+                  file=sys.stderr)
+            return None
         print(f"error: {error}", file=sys.stderr)
-        if hc.mode == RunMode.MULTIRUN:
-            return None  # recorded as failed in results.json; the other jobs go on
         sys.exit(2)
 
 

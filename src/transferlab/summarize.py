@@ -1,0 +1,279 @@
+"""Summarise the runs below a directory: `python -m transferlab.summarize DIR`.
+
+Reads every results.json below DIR, groups the runs that differ only by seed, prints a table
+and writes summary.csv, summary.md and summary.png (target accuracy per group, with error bars)
+into DIR. Standard deviations are sample standard deviations (ddof=1) over a group's seeds;
+a group of one run has none ("—" in the tables, empty in the CSV, no error bar). Runs that did
+not complete are counted in their group's `failed` column and listed with their error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS = ("source_acc", "target_acc", "source_val_acc")
+CHOICES = ("method", "data", "backbone")
+
+# Keys that say where or how verbosely a run ran, not what it trained; runs that differ only in
+# these (and the seed) are repeats of one experiment. `objective` only picks the number a run
+# hands to a sweeper; `num_threads` follows the launcher.
+IGNORED = frozenset({
+    "seed", "objective", "data.root", "data.cache_dir", "data.download",
+    "trainer.progress_bar", "trainer.log_every", "trainer.checkpoint_every",
+    "trainer.num_threads",
+})
+
+
+@dataclass
+class Run:
+    path: Path                 # the run's folder
+    status: str
+    choices: dict[str, str]
+    seed: Any
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    wall_time_s: float | None
+    error: str
+
+
+@dataclass
+class Group:
+    choices: dict[str, str]
+    config: dict[str, Any]     # flattened, without IGNORED keys
+    runs: list[Run] = field(default_factory=list)
+    # The keys and values that tell this group from others with the same choices.
+    differing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def varies(self) -> str:
+        return " ".join(f"{k}={_short(v, 6)}" for k, v in self.differing.items())
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    @property
+    def failed(self) -> list[Run]:
+        return [r for r in self.runs if r.status != "completed"]
+
+    def stats(self, metric: str) -> tuple[float | None, float | None]:
+        """Mean and sample std (ddof=1) over completed runs; None where undefined."""
+        values = [r.metrics[metric] for r in self.completed if metric in r.metrics]
+        if not values:
+            return None, None
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+    def wall_time(self) -> float | None:
+        times = [r.wall_time_s for r in self.completed if r.wall_time_s is not None]
+        return statistics.fmean(times) if times else None
+
+    @property
+    def label(self) -> str:
+        """For the plot: the method, then each differing key by its last part."""
+        return "\n".join([self.choices.get("method", "?"),
+                          *(f"{k.rsplit('.', 1)[-1]}={_short(v, 3)}"
+                            for k, v in self.differing.items())])
+
+
+def _short(value: Any, digits: int) -> str:
+    # Optuna's floats (16.915591613892417) would otherwise fill the table and the plot.
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_runs(root: Path) -> list[Run]:
+    runs = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            record = {"status": "unreadable", "error": f"{type(e).__name__}: {e}"}
+        runs.append(Run(path=path.parent, status=record.get("status", "unknown"),
+                        choices=record.get("choices", {}), seed=record.get("seed"),
+                        config=record.get("config", {}), metrics=record.get("metrics", {}),
+                        wall_time_s=record.get("wall_time_s"),
+                        error=" ".join(str(record.get("error", "")).split())))
+    return runs
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for run in runs:
+        config = {k: v for k, v in flatten(run.config).items() if k not in IGNORED}
+        key = json.dumps([run.choices, config], sort_keys=True, default=str)
+        groups.setdefault(key, Group(run.choices, config)).runs.append(run)
+    result = list(groups.values())
+    # Name each group by the keys in which it differs from groups with the same choices, e.g.
+    # `method.lambda_gamma=5` in a λ sweep; keys only one method has are implied by the method.
+    absent = object()
+    for group in result:
+        same = [g for g in result if g.choices == group.choices]
+        group.differing = {k: v for k, v in sorted(group.config.items())
+                           if any(g.config.get(k, absent) != v for g in same)}
+    return sorted(result, key=lambda g: ([g.choices.get(c, "") for c in CHOICES[::-1]],
+                                         g.varies))
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4f} ± {'—' if std is None else f'{std:.4f}'}"
+
+
+def table_rows(groups: Sequence[Group]) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        wall = g.wall_time()
+        rows.append([g.choices.get("method", "?"), g.choices.get("data", "?"),
+                     g.choices.get("backbone", "?"), g.varies or "", str(len(g.completed)),
+                     str(len(g.failed)), *(_mean_std(*g.stats(m)) for m in METRICS),
+                     "—" if wall is None else f"{wall:.1f}"])
+    return rows
+
+
+HEADER = ["method", "data", "backbone", "varies", "seeds", "failed", "source acc",
+          "target acc", "source val acc", "wall time (s)"]
+NOTE = ("Mean ± sample standard deviation (ddof=1) over seeds; — where a group has one run. "
+        "`seeds`: completed runs; `failed`: runs that did not complete; wall time: mean per "
+        "run. Select on `source val acc` (label-free); `target acc` uses target test labels, "
+        "which UDA does not have.")
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [HEADER, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def failures(runs: Sequence[Run], root: Path) -> list[str]:
+    return [f"{r.path.relative_to(root)} ({r.choices.get('method', '?')}, seed {r.seed}): "
+            f"{r.status}: {r.error or 'no error recorded'}"
+            for r in runs if r.status != "completed"]
+
+
+def write_csv(path: Path, groups: Sequence[Group], root: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*CHOICES, "varies", "n", "n_failed",
+                         *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+                         "wall_time_s_mean", "seeds", "runs"])
+        for g in groups:
+            stats = [g.stats(m) for m in METRICS]
+            writer.writerow([*(g.choices.get(c, "") for c in CHOICES), g.varies,
+                             len(g.completed), len(g.failed),
+                             *("" if v is None else v for pair in stats for v in pair),
+                             "" if g.wall_time() is None else g.wall_time(),
+                             " ".join(str(r.seed) for r in g.completed),
+                             " ".join(str(r.path.relative_to(root)) for r in g.runs)])
+
+
+def write_markdown(path: Path, rows: Sequence[Sequence[str]], failed: Sequence[str],
+                   root: Path) -> None:
+    lines = [f"# Summary of {root}", "", "| " + " | ".join(HEADER) + " |",
+             "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", NOTE, ""]
+    if failed:
+        lines += ["## Failed runs", "", *(f"- {f}" for f in failed), ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(path: Path, groups: Sequence[Group]) -> str | None:
+    """Target accuracy per group, mean with sample-std error bars and each seed as a dot.
+    Returns why no plot was drawn, or None."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "matplotlib is not installed: pip install 'transferlab[sweep]'"
+    matplotlib.use("Agg")  # files only; no display needed on a cluster
+    import matplotlib.pyplot as plt
+
+    shown = [g for g in groups if g.completed]
+    if not shown:
+        return "no completed runs"
+    # Data and backbone go into the labels only when they differ between groups.
+    extra = [c for c in ("data", "backbone") if len({g.choices.get(c) for g in shown}) > 1]
+    labels = ["\n".join([g.label, *(g.choices.get(c, "?") for c in extra)]) for g in shown]
+    crowded = len(shown) > 4 or max(len(line) for t in labels for line in t.split("\n")) > 16
+    means = [g.stats("target_acc")[0] for g in shown]
+    stds = [g.stats("target_acc")[1] or 0.0 for g in shown]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(shown) + 1.5), 4.0))
+    x = range(len(shown))
+    ax.bar(x, means, yerr=stds, capsize=4, color="#8fb3d9", edgecolor="#2b5d8c")
+    for i, g in enumerate(shown):
+        values = [r.metrics["target_acc"] for r in g.completed]
+        ax.plot([i] * len(values), values, "o", color="#1d3c5a", markersize=3)
+    ax.set_xticks(list(x), labels, rotation=40 if crowded else 0,
+                  ha="right" if crowded else "center", fontsize=8)
+    ax.set_ylabel("target accuracy")
+    top = max(m + s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(0, min(1.0, top * 1.15) if top > 0 else 1.0)
+    ax.set_title("bars: mean ± sample std (ddof=1) over seeds; dots: seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def summarize(root: Path, draw: bool = True) -> list[Group]:
+    """Print the table and write summary.{csv,md,png} into `root`; returns the groups."""
+    runs = load_runs(root)
+    groups = group_runs(runs)
+    rows = table_rows(groups)
+    failed = failures(runs, root)
+    print(format_table(rows))
+    print(f"\n{len(runs)} runs in {len(groups)} groups. {NOTE}")
+    if failed:
+        print(f"\n{len(failed)} runs did not complete:", *failed, sep="\n  ")
+    write_csv(root / "summary.csv", groups, root)
+    write_markdown(root / "summary.md", rows, failed, root)
+    written = ["summary.csv", "summary.md"]
+    if draw:
+        skipped = plot(root / "summary.png", groups)
+        if skipped:
+            print(f"summary.png skipped: {skipped}", file=sys.stderr)
+        else:
+            written.append("summary.png")
+    print(f"\nwrote {', '.join(written)} in {root}")
+    return groups
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="transferlab-summarize", description=__doc__.split("\n\n")[1],
+        epilog="Std: sample standard deviation (ddof=1).")
+    parser.add_argument("dir", type=Path, help="a sweep directory (multirun/<date>/<time>) "
+                        "or any folder with results.json files below it")
+    parser.add_argument("--no-plot", action="store_true", help="skip summary.png")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"error: {args.dir} is not a directory", file=sys.stderr)
+        return 2
+    if not any(args.dir.rglob("results.json")):
+        print(f"error: no results.json below {args.dir}", file=sys.stderr)
+        return 2
+    summarize(args.dir, draw=not args.no_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
