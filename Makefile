@@ -2,7 +2,7 @@ PYTHON ?= python
 METHODS := $(shell ls conf/method | sed 's/\.yaml$$//' | paste -sd, -)
 SMOKE_DIR ?= $(shell mktemp -d -t transferlab-smoke-XXXX)
 
-.PHONY: install test lint smoke
+.PHONY: install test lint smoke reproduce
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -19,3 +19,16 @@ smoke:
 		trainer.steps=5 trainer.eval_every=5 trainer.progress_bar=false \
 		hydra.sweep.dir=$(SMOKE_DIR)
 	@echo "smoke outputs in $(SMOKE_DIR)"
+
+# The paper settings of docs/RESULTS.md: every method, 3 seeds, on each pair whose data is
+# under $TRANSFERLAB_DATA (or ./data); then docs/RESULTS.md from those runs (and docs/bench.json
+# from `python scripts/bench.py --json docs/bench.json`, if present). Hours on a 2-core CPU.
+REPRODUCE_DIR ?= multirun/reproduce
+EXPERIMENTS ?= mnist_mnistm
+reproduce:
+	for exp in $(EXPERIMENTS); do \
+		$(PYTHON) -m transferlab -m experiment=$$exp \
+			method=source_only,target_only,dann,adda,finetune seed=0,1,2 \
+			trainer.progress_bar=false hydra.sweep.dir=$(REPRODUCE_DIR)/$$exp || exit 1; \
+	done
+	$(PYTHON) scripts/results.py $(REPRODUCE_DIR) --out docs
