@@ -25,10 +25,11 @@ smoke:
 # from `python scripts/bench.py --json docs/bench.json`, if present). Hours on a 2-core CPU.
 REPRODUCE_DIR ?= multirun/reproduce
 EXPERIMENTS ?= mnist_mnistm
+REPRODUCE_ARGS ?=
 reproduce:
 	for exp in $(EXPERIMENTS); do \
 		$(PYTHON) -m transferlab -m experiment=$$exp \
 			method=source_only,target_only,dann,adda,finetune seed=0,1,2 \
-			trainer.progress_bar=false hydra.sweep.dir=$(REPRODUCE_DIR)/$$exp || exit 1; \
+			trainer.progress_bar=false hydra.sweep.dir=$(REPRODUCE_DIR)/$$exp $(REPRODUCE_ARGS) || exit 1; \
 	done
 	$(PYTHON) scripts/results.py $(REPRODUCE_DIR) --out docs
