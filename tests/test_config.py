@@ -1,7 +1,9 @@
 import itertools
 
 import pytest
+import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from helpers import choices_of, compose_config
 
@@ -23,7 +25,6 @@ def test_config_composes_and_resolves_for_every_choice(data, backbone, method):
     assert cfg.data.source_val_size >= 0
     assert "_target_" in cfg.method and "_target_" in cfg.backbone
     # every interpolation resolves
-    from omegaconf import OmegaConf
     OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -31,7 +32,6 @@ def test_config_composes_and_resolves_for_every_choice(data, backbone, method):
 def test_every_backbone_builds_for_the_tiny_pair(backbone):
     cfg = compose_config("data=tiny", f"backbone={backbone}")
     net = instantiate(cfg.backbone, in_channels=3, num_classes=10, image_size=28)
-    import torch
     assert net(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
 
 
@@ -40,3 +40,11 @@ def test_data_root_defaults_to_env_then_dot_data(monkeypatch):
     assert compose_config().data.root == "./data"
     monkeypatch.setenv("TRANSFERLAB_DATA", "/somewhere")
     assert compose_config().data.root == "/somewhere"
+
+
+@pytest.mark.parametrize("experiment", choices_of("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_config(f"experiment={experiment}", "method=adda")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["data"]["_target_"] == "transferlab.data.build_pair"
+    assert resolved["method"]["pretrain_steps"] == resolved["trainer"]["steps"]
