@@ -41,8 +41,8 @@ def test_dann_logs_lambda_domain_loss_and_domain_accuracy(tmp_path: Path):
     assert all(0 <= a <= 1 for a in tags["dann/domain_acc"])
 
 
-def _trainer(steps: int) -> TrainerConfig:
-    return TrainerConfig(steps=steps, batch_size=32, eval_every=1000, progress_bar=False,
+def _trainer() -> TrainerConfig:
+    return TrainerConfig(batch_size=32, eval_every=1000, progress_bar=False,
                          log_every=1)
 
 
@@ -55,7 +55,7 @@ def test_adda_stage_two_changes_the_target_encoder_only(tmp_path: Path):
         if step == cfg.method.pretrain_steps and "source" not in snapshots:
             snapshots["source"] = copy.deepcopy(method.network.state_dict())
 
-    fit(method, pair, _trainer(6), seed=0, log=log)
+    fit(method, pair, _trainer(), seed=0, log=log)
     after = method.network.state_dict()
     for name, tensor in snapshots["source"].items():
         assert torch.equal(tensor, after[name]), f"stage 2 changed the source network: {name}"

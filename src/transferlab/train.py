@@ -25,7 +25,8 @@ Log = Callable[[dict[str, float], int], None]
 
 @dataclass
 class TrainerConfig:
-    steps: int
+    """The loop's settings (`trainer.*`); how many steps each stage runs is the method's."""
+
     batch_size: int
     eval_every: int
     eval_batch_size: int = 2048
