@@ -42,7 +42,6 @@ def _config_dir() -> str:
 
 CONFIG_DIR = _config_dir()
 register_resolvers()
-sweeps.register()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
+from transferlab.sweeps import threads_per_job
 
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -117,7 +118,11 @@ def check_choices(overrides: list[str], config_dir: str) -> None:
 
 
 def register_resolvers() -> None:
+    """The resolvers conf/ uses; idempotent."""
     # `${min:500,${trainer.steps}}`: a stage length that shrinks with trainer.steps (smoke runs)
     # but is capped for full runs.
     if not OmegaConf.has_resolver("min"):
         OmegaConf.register_new_resolver("min", lambda *xs: min(xs))
+    # `${threads_per_job:}`: torch threads for one job of a parallel sweep (see sweeps.py).
+    if not OmegaConf.has_resolver("threads_per_job"):
+        OmegaConf.register_new_resolver("threads_per_job", threads_per_job)

@@ -54,12 +54,6 @@ def threads_per_job() -> int | None:
     return max(cores // n_jobs, 1)
 
 
-def register() -> None:
-    """The resolver conf/config.yaml uses for trainer.num_threads; idempotent."""
-    if not OmegaConf.has_resolver("threads_per_job"):
-        OmegaConf.register_new_resolver("threads_per_job", threads_per_job)
-
-
 def one_line(error: BaseException | str) -> str:
     """An error as one line; for a wrapped exception (Hydra's instantiate), its root cause."""
     if isinstance(error, BaseException):
