@@ -62,23 +62,26 @@ def experiment_section(exp: str, runs: list[Run]) -> list[str]:
                   "| method | target acc (ours) | target acc (published) |", "|---|---|---|"]
         lines += [f"| {m} | not yet measured here | {published.get(m, '—')} |" for m in METHODS]
         return [*lines, ""]
-    groups = {g.choices["method"]: g for g in group_runs(runs)}
-    lines += [f"Command: `{COMMAND.format(exp=exp)}` (3 seeds; mean ± sample std).", "",
+    order = {m: i for i, m in enumerate(METHODS)}
+    groups = sorted(group_runs(runs), key=lambda g: (order.get(g.choices["method"], 99),
+                                                      g.varies))
+    lines += [f"Command: `{COMMAND.format(exp=exp)}` (3 seeds; mean ± sample std). Rows with "
+              "overrides were run with those added.", "",
               "| method | target acc (ours) | target acc (published) | source acc (ours) | "
               "source val acc | seeds | wall time per run (s) |",
               "|---|---|---|---|---|---|---|"]
-    for method in METHODS:
-        group = groups.get(method)
-        if group is None:
-            continue
+    for group in groups:
+        method = group.choices["method"]
         done = group.completed
         acc = {k: [r.metrics[k] for r in done] for k in ("target_acc", "source_acc",
                                                           "source_val_acc")}
         walls = ", ".join(f"{r.wall_time_s:.0f}" for r in done)
         failed = f" ({len(group.failed)} failed)" if group.failed else ""
-        lines.append(f"| {method} | {mean_std(acc['target_acc'])} | "
-                     f"{published.get(method, '—')} | {mean_std(acc['source_acc'])} | "
-                     f"{mean_std(acc['source_val_acc'])} | {len(done)}{failed} | {walls} |")
+        name = f"{method} ({group.varies})" if group.varies else method
+        lines.append(f"| {name} | {mean_std(acc['target_acc'])} | "
+                     f"{published.get(method, '—') if not group.varies else '—'} | "
+                     f"{mean_std(acc['source_acc'])} | {mean_std(acc['source_val_acc'])} | "
+                     f"{len(done)}{failed} | {walls} |")
     return [*lines, ""]
 
 
@@ -100,11 +103,12 @@ def plot_curves(exp: str, runs: list[Run], out: Path) -> str | None:
         if not steps:
             continue
         means = [statistics.fmean(h[s] for h in histories) for s in steps]
-        ax.plot(steps, means, marker="o", ms=3, label=group.choices["method"])
+        label = " ".join(filter(None, [group.choices["method"], group.varies]))
+        ax.plot(steps, means, marker="o", ms=3, label=label)
     for method, value in PUBLISHED[exp].items():
         ax.axhline(value, ls=":", lw=0.8, color="grey")
-        ax.annotate(f"paper {method} {value}", (0, value), fontsize=7, color="grey",
-                    va="bottom")
+        ax.text(0.01, value, f"paper: {method} {value}", fontsize=7, color="grey",
+                va="bottom", transform=ax.get_yaxis_transform())
     ax.set(xlabel="step", ylabel="target test accuracy (mean of seeds)",
            title=f"{TITLES[exp]}: target accuracy during training", ylim=(0, 1))
     ax.grid(alpha=0.3)
@@ -153,7 +157,9 @@ def main() -> None:
              "every number below comes from those runs' `results.json`.", "",
              f"Hardware: {hardware()}; CPU only.", ""]
     for exp in PUBLISHED:
-        runs = load_runs(args.root / exp) if (args.root / exp).is_dir() else []
+        # `<exp>/` holds the sweep of `make reproduce`; `<exp>-<name>/` extra sweeps (variants)
+        runs = [run for d in sorted(args.root.glob(f"{exp}*")) if d.name == exp
+                or d.name.startswith(f"{exp}-") for run in load_runs(d)]
         lines += experiment_section(exp, runs)
         if runs and (name := plot_curves(exp, runs, args.out)):
             lines += [f"![target accuracy curves]({name})", ""]
