@@ -257,3 +257,16 @@ def test_unreadable_photo_is_named(tmp_path: Path, data_root: Path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=str(bad)):
         load_mnistm(DataContext(data_root, False, tmp_path / "cache"))
+
+
+def test_downloaded_photos_are_verified_against_known_checksums(tmp_path: Path, monkeypatch):
+    from transferlab.data import mnistm
+
+    prefix = "BSR/BSDS500/data/images/train/"
+
+    def fake_download(url: str, root: str, filename: str) -> None:
+        _tar(Path(root) / filename, {prefix + "100075.jpg": b"not the real photo"})
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
+    with pytest.raises(DataError, match=r"100075\.jpg does not match its known SHA-256"):
+        mnistm.download_bsds500(tmp_path)

@@ -151,6 +151,22 @@ def download_bsds500(root: Path) -> None:
         raise DataError(f"could not download {BSDS500_URL} ({e}); download it by hand and "
                         f"extract it under {root}") from None
     extract_photos(root / "BSR_bsds500.tgz", root)
+    verify_photos(root / PHOTOS)
+
+
+def verify_photos(folder: Path) -> None:
+    """Check the 200 photos against the SHA-256 sums of the official archive's train photos
+    (shipped as bsds500_train.sha256), so a corrupted or substituted download is never used."""
+    manifest = Path(__file__).with_name("bsds500_train.sha256").read_text().split("\n")
+    for line in filter(None, manifest):
+        digest, name = line.split()
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing from the downloaded BSDS500 archive; delete "
+                            f"{folder} and download again")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise DataError(f"{path} does not match its known SHA-256 checksum; the download is "
+                            f"corrupted: delete {folder} and download again")
 
 
 def extract_photos(archive: Path, root: Path) -> None:
