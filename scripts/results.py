@@ -79,7 +79,7 @@ def experiment_section(exp: str, runs: list[Run]) -> list[str]:
         failed = f" ({len(group.failed)} failed)" if group.failed else ""
         name = f"{method} ({group.varies})" if group.varies else method
         lines.append(f"| {name} | {mean_std(acc['target_acc'])} | "
-                     f"{published.get(method, '—') if not group.varies else '—'} | "
+                     f"{published.get(method, '—')} | "
                      f"{mean_std(acc['source_acc'])} | {mean_std(acc['source_val_acc'])} | "
                      f"{len(done)}{failed} | {walls} |")
     return [*lines, ""]
