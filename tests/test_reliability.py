@@ -270,3 +270,12 @@ def test_downloaded_photos_are_verified_against_known_checksums(tmp_path: Path, 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
     with pytest.raises(DataError, match=r"100075\.jpg does not match its known SHA-256"):
         mnistm.download_bsds500(tmp_path)
+
+
+def test_resume_ignores_operational_keys_but_refuses_a_changed_experiment(tmp_path: Path):
+    first = run_in_process(tmp_path, "trainer.steps=6", "trainer.log_every=2")
+    again = run_in_process(tmp_path, "trainer.steps=6", "trainer.log_every=3",
+                           "trainer.num_threads=1")  # resumes: nothing trained differs
+    assert again["metrics"] == first["metrics"]
+    with pytest.raises(UserError, match=r"trainer\.steps: 6 → 8"):
+        run_in_process(tmp_path, "trainer.steps=8")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.config import what_is_trained
 from transferlab.errors import UserError
 
 LATEST = "last.pt"
@@ -77,9 +78,12 @@ class Checkpointer:
         if not self.path.exists():
             return None
         state = load_safely(self.path)
-        if state.get("config") != self.config:
-            raise UserError(f"{self.path} was made with a different config; rerun with the "
-                            "original overrides to resume, or use a new hydra.run.dir")
+        then, now = what_is_trained(state.get("config", {})), what_is_trained(self.config)
+        changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+        if changed:
+            diff = ", ".join(f"{k}: {then.get(k)} → {now.get(k)}" for k in changed[:3])
+            raise UserError(f"{self.path} was made with a different config ({diff}); rerun "
+                            "with the original overrides to resume, or use a new hydra.run.dir")
         return state
 
     def save(self, state: dict[str, Any]) -> None:

@@ -59,6 +59,31 @@ class Rule:
             raise UserError(f"{key}={value!r} is invalid: must be {self.allowed()}")
 
 
+# Keys that say where or how verbosely a run ran, not what it trained: runs that differ only in
+# these (and the seed) are repeats of one experiment, and a checkpoint resumes across them.
+# `objective` only picks the number handed to a sweeper; `num_threads` follows the launcher.
+OPERATIONAL_KEYS = frozenset({
+    "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
+    "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads",
+})
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}"""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened resolved config without OPERATIONAL_KEYS."""
+    return {k: v for k, v in flatten(config).items() if k not in OPERATIONAL_KEYS}
+
+
 SCHEMA: dict[str, Rule] = {
     "seed": Rule(int, min=0),
     "device": Rule(str),

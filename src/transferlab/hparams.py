@@ -10,32 +10,20 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from transferlab.config import flatten
+
 Scalar = bool | int | float | str
 
 # Instantiation plumbing, not hyperparameters.
 _SKIP = {"_partial_", "_target_"}
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
-    """`{"trainer": {"optimizer": {"lr": 0.01}}}` → `{"trainer.optimizer.lr": 0.01}`.
-
-    Lists (layer widths, Adam betas) become their text so they still show as one column; None
-    becomes "null" because the HParams plugin drops None values, hiding that a key was unset.
-    """
-    flat: dict[str, Scalar] = {}
-    for key, value in config.items():
-        if key in _SKIP:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, bool | int | float | str):
-            flat[name] = value
-        elif value is None:
-            flat[name] = "null"
-        else:
-            flat[name] = str(value)
-    return flat
+def _scalar(value: Any) -> Scalar:
+    """Lists (layer widths, Adam betas) become their text so they still show as one column; None
+    becomes "null" because the HParams plugin drops None values, hiding that a key was unset."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return "null" if value is None else str(value)
 
 
 def log_hparams(log_dir: Path, config: Mapping[str, Any], choices: Mapping[str, str],
@@ -47,7 +35,9 @@ def log_hparams(log_dir: Path, config: Mapping[str, Any], choices: Mapping[str, 
     keeps one run per job. Metrics are logged under `hparams/` so that they do not mix with the
     `acc/` curves of the training loop.
     """
-    hparam_dict: dict[str, Scalar] = {**dict(choices), **flatten(config)}
+    hparam_dict: dict[str, Scalar] = {
+        **dict(choices), **{key: _scalar(value) for key, value in flatten(dict(config)).items()
+                            if key.rsplit(".", 1)[-1] not in _SKIP}}
     metric_dict = {f"hparams/{name}": float(value) for name, value in metrics.items()}
     experiment, start, end = hparams(hparam_dict, metric_dict)
     with SummaryWriter(log_dir=str(log_dir)) as writer:

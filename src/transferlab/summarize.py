@@ -19,17 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferlab.config import OPERATIONAL_KEYS, flatten
+
 METRICS = ("source_acc", "target_acc", "source_val_acc")
 CHOICES = ("method", "data", "backbone")
 
-# Keys that say where or how verbosely a run ran, not what it trained; runs that differ only in
-# these (and the seed) are repeats of one experiment. `objective` only picks the number a run
-# hands to a sweeper; `num_threads` follows the launcher.
-IGNORED = frozenset({
-    "seed", "objective", "data.root", "data.cache_dir", "data.download",
-    "trainer.progress_bar", "trainer.log_every", "trainer.checkpoint_every",
-    "trainer.num_threads",
-})
+# Runs that differ only in these are repeats of one experiment: one row of the summary.
+IGNORED = OPERATIONAL_KEYS | {"seed"}
 
 
 @dataclass
@@ -86,16 +82,6 @@ class Group:
 def _short(value: Any, digits: int) -> str:
     # Optuna's floats (16.915591613892417) would otherwise fill the table and the plot.
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def load_runs(root: Path) -> list[Run]:
