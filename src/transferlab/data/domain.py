@@ -6,6 +6,7 @@ conversion to float happens on the batch (`as_input`), on whatever device the da
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,8 +111,6 @@ def as_input(images: Tensor, channels: int) -> Tensor:
 def default_cache_dir(root: Path) -> Path:
     """The data root when it is writable by its permission bits (not merely because we are
     root), else the user's cache directory."""
-    import os
-
     writable = root.is_dir() and os.access(root, os.W_OK) and root.stat().st_mode & 0o222
     if writable:
         return root
