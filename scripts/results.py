@@ -15,7 +15,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from transferlab.summarize import Run, group_runs, load_runs
+from transferlab.summarize import Run, group_runs, load_runs, mean_std
 
 METHODS = ("source_only", "dann", "adda", "finetune", "target_only")
 # Target-domain test accuracy as published: DANN paper (Ganin & Lempitsky 2015, Table 1) for
@@ -45,13 +45,6 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
-
-
 def experiment_section(exp: str, runs: list[Run]) -> list[str]:
     lines = [f"## {TITLES[exp]}", ""]
     published = PUBLISHED[exp]
@@ -73,14 +66,13 @@ def experiment_section(exp: str, runs: list[Run]) -> list[str]:
     for group in groups:
         method = group.choices["method"]
         done = group.completed
-        acc = {k: [r.metrics[k] for r in done] for k in ("target_acc", "source_acc",
-                                                          "source_val_acc")}
         walls = ", ".join(f"{r.wall_time_s:.0f}" for r in done)
         failed = f" ({len(group.failed)} failed)" if group.failed else ""
         name = f"{method} ({group.varies})" if group.varies else method
-        lines.append(f"| {name} | {mean_std(acc['target_acc'])} | "
+        lines.append(f"| {name} | {mean_std(*group.stats('target_acc'))} | "
                      f"{published.get(method, '—')} | "
-                     f"{mean_std(acc['source_acc'])} | {mean_std(acc['source_val_acc'])} | "
+                     f"{mean_std(*group.stats('source_acc'))} | "
+                     f"{mean_std(*group.stats('source_val_acc'))} | "
                      f"{len(done)}{failed} | {walls} |")
     return [*lines, ""]
 

@@ -117,7 +117,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
                                          g.varies))
 
 
-def _mean_std(mean: float | None, std: float | None) -> str:
+def mean_std(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "—"
     return f"{mean:.4f} ± {'—' if std is None else f'{std:.4f}'}"
@@ -129,7 +129,7 @@ def table_rows(groups: Sequence[Group]) -> list[list[str]]:
         wall = g.wall_time()
         rows.append([g.choices.get("method", "?"), g.choices.get("data", "?"),
                      g.choices.get("backbone", "?"), g.varies or "", str(len(g.completed)),
-                     str(len(g.failed)), *(_mean_std(*g.stats(m)) for m in METRICS),
+                     str(len(g.failed)), *(mean_std(*g.stats(m)) for m in METRICS),
                      "—" if wall is None else f"{wall:.1f}"])
     return rows
 
