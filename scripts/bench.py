@@ -32,9 +32,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from transferlab.cli import CONFIG_DIR, build, resolve_device, run
+from transferlab.cli import CONFIG_DIR, build, build_evaluators, resolve_device, run
 from transferlab.data.domain import Split, as_input
-from transferlab.train import TrainerConfig, evaluate, fit
+from transferlab.evaluation import evaluate
+from transferlab.train import TrainerConfig, fit
 
 PAPER_DANN = 0.7666
 
@@ -99,13 +100,15 @@ def main() -> None:
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
     pair, method = build(cfg, device)
-    stage = method.stages(pair)[0]
+    stage = method.stages(pair.training_view(target_labels=False))[0]
+    evaluators = build_evaluators(cfg)
     bs = cfg.trainer.batch_size
     per_step = 2 * bs
     method.train()
 
     # (a) the bound: the update on fixed float batches already on the device
-    fixed = {name: (as_input(split.images[:bs], pair.channels), split.labels[:bs])
+    fixed = {name: (as_input(split.images[:bs], pair.channels, method.network.normalization),
+                    split.labels[:bs])
              for name, split in stage.data.items()}
 
     def sync() -> None:
@@ -123,13 +126,13 @@ def main() -> None:
         method.steps = steps  # DANN's one stage runs method.steps steps
         return TrainerConfig(batch_size=bs, eval_every=steps, log_every=50, progress_bar=False)
 
-    fit(method, pair, trainer(10), 0, lambda *_: None)  # warm-up
+    fit(method, pair, trainer(10), 0, lambda *_: None, evaluators)  # warm-up
     start = time.perf_counter()
-    fit(method, pair, trainer(args.steps), 0, lambda *_: None)
+    fit(method, pair, trainer(args.steps), 0, lambda *_: None, evaluators)
     sync()
     fit_time = time.perf_counter() - start
     start = time.perf_counter()
-    evaluate(method, pair, cfg.trainer.eval_batch_size)
+    evaluate(method, pair, evaluators, cfg.trainer.eval_batch_size)
     eval_time = time.perf_counter() - start
     b = args.steps * per_step / (fit_time - eval_time)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import choices_of, compose_config, run_in_process, scalar_tags
-from transferlab.cli import build
+from transferlab.cli import build, build_evaluators
 from transferlab.data.domain import Split
 from transferlab.train import TrainerConfig, fit
 
@@ -25,7 +25,7 @@ def test_every_method_runs_and_writes_results(tmp_path: Path, method: str):
     assert record["choices"]["method"] == method
     assert all(0 <= record["metrics"][k] <= 1 for k in ("source_acc", "target_acc"))
     tags = scalar_tags(tmp_path)
-    assert {"acc/source", "acc/target", "acc/source_val"} <= set(tags)
+    assert {"val/source_acc", "val/target_acc", "val/source_val_acc"} <= set(tags)
 
 
 def test_source_only_learns_the_tiny_source_domain(tmp_path: Path):
@@ -55,7 +55,7 @@ def test_adda_stage_two_changes_the_target_encoder_only(tmp_path: Path):
         if step == cfg.method.pretrain_steps and "source" not in snapshots:
             snapshots["source"] = copy.deepcopy(method.network.state_dict())
 
-    fit(method, pair, _trainer(), seed=0, log=log)
+    fit(method, pair, _trainer(), seed=0, log=log, evaluators=build_evaluators(cfg))
     after = method.network.state_dict()
     for name, tensor in snapshots["source"].items():
         assert torch.equal(tensor, after[name]), f"stage 2 changed the source network: {name}"
@@ -75,7 +75,7 @@ def test_finetune_uses_shots_from_target_train_only():
     test = Split(torch.full_like(test.images, 255), test.labels)
     pair = replace(pair, target=replace(pair.target, train=train, test=test))
 
-    stages = method.stages(pair)
+    stages = method.stages(pair.training_view(method.uses_target_labels))
     shots = stages[-1].data["labelled"]
     assert len(shots) == 3 * pair.num_classes
     assert torch.bincount(shots.labels, minlength=10).tolist() == [3] * 10
@@ -89,6 +89,6 @@ def test_finetune_shots_depend_on_the_seed():
     for seed in (0, 1):
         cfg = compose_config("data=tiny", "method=finetune", "device=cpu", f"seed={seed}")
         pair, method = build(cfg, torch.device("cpu"))
-        method.stages(pair)
+        method.stages(pair.training_view(method.uses_target_labels))
         picks.append(method.shot_indices)
     assert not torch.equal(*picks)

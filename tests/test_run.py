@@ -25,11 +25,14 @@ def test_short_run_writes_results_tensorboard_and_table(tmp_path: Path):
     assert [h["step"] for h in record["history"]] == [3, 6]
 
     tags = scalar_tags(out)
-    assert len(tags["acc/source"]) == 2 and len(tags["acc/target"]) == 2
-    assert tags["acc/target"][-1] == pytest.approx(record["metrics"]["target_acc"])
+    assert len(tags["val/source_acc"]) == 2 and len(tags["val/target_acc"]) == 2
+    assert tags["val/target_acc"][-1] == pytest.approx(record["metrics"]["target_acc"])
     assert len(tags["loss/classification"]) == 6
     assert any(t.startswith("lr/") for t in tags)
-    assert "target" in result.stdout and "accuracy" in result.stdout
+    table = result.stdout.splitlines()
+    assert "tiny-grey → tiny-colour" in table
+    assert any(line.split()[:2] == ["target_acc", f"{record['metrics']['target_acc']:.4f}"]
+               for line in table)
 
 
 def test_missing_data_is_a_one_line_error_naming_the_path(tmp_path: Path):
@@ -60,7 +63,8 @@ def test_real_layout_run_on_generated_files(tmp_path: Path, data_root: Path):
     """The mnist_mnistm pair end to end on tiny files in the real layouts."""
     out = tmp_path / "run"
     run_cli("data=mnist_mnistm", f"data.root={data_root}", f"data.cache_dir={tmp_path / 'c'}",
-            "data.source_val_size=10", "trainer.steps=2", "trainer.progress_bar=false",
+            "data.source_val_size=10", "data.target_val_size=10", "trainer.steps=2",
+            "trainer.progress_bar=false",
             "device=cpu", f"hydra.run.dir={out}", cwd=tmp_path)
     record = json.loads((out / "results.json").read_text())
     assert record["domains"] == {"source": "MNIST", "target": "MNIST-M"}

@@ -104,11 +104,12 @@ def test_load_svhn_gives_uint8_rgb_and_maps_label_10_to_0(tmp_path: Path, monkey
     ("svhn_mnist", 32, "SVHN", "MNIST"),
 ])
 def test_pair_from_config_has_one_image_size(root: Path, pair, size, source, target):
-    cfg = compose_config(f"data={pair}", f"data.root={root}", "data.source_val_size=10")
+    cfg = compose_config(f"data={pair}", f"data.root={root}", "data.source_val_size=10",
+                         "data.target_val_size=10")
     built = instantiate(cfg.data)
     assert (built.source.name, built.target.name) == (source, target)
     splits = (built.source.train, built.source.test, built.source_val,
-              built.target.train, built.target.test)
+              built.target.train, built.target.test, built.target_val)
     for split in splits:
         assert split.images.dtype == torch.uint8 and split.images.shape[-2:] == (size, size)
     assert len(built.source_val) == 10
@@ -174,6 +175,7 @@ def test_usps_to_mnist_runs_end_to_end(root: Path, tmp_path: Path):
     from transferlab.cli import run
 
     cfg = compose_config("data=usps_mnist", f"data.root={root}", "data.source_val_size=10",
+                         "data.target_val_size=5",
                          "method=dann", "device=cpu", "trainer.steps=2", "trainer.eval_every=2",
                          "trainer.batch_size=8", "trainer.progress_bar=false")
     out = tmp_path / "run"

@@ -24,9 +24,12 @@ LATEST = "last.pt"
 
 def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # Only when this process already uses CUDA: asking would initialise CUDA (and claim GPU
+    # memory) in a device=cpu job on a GPU node.
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": cuda}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -35,8 +38,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and torch.cuda.is_available():
+        # A checkpoint from a node with more GPUs: restore the devices this node has.
+        for device, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved, device)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -73,6 +78,9 @@ class Checkpointer:
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
+
+    def exists(self) -> bool:
+        return self.path.exists()
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():

@@ -28,9 +28,11 @@ from transferlab.checkpoint import Checkpointer
 from transferlab.config import check_choices, register_resolvers, validate
 from transferlab.data.domain import DomainPair
 from transferlab.errors import UserError, find_user_error
+from transferlab.evaluation import Evaluator
+from transferlab.evaluation.base import REPORTS
 from transferlab.hparams import log_hparams
 from transferlab.methods.base import Method
-from transferlab.train import TrainerConfig, fit
+from transferlab.train import TrainerConfig, fit, training_precision
 
 DEBUG_ENV = "TRANSFERLAB_DEBUG"
 
@@ -94,13 +96,19 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[DomainPair, Method]:
     return pair, method.to(device, memory_format=torch.channels_last)
 
 
-def print_table(pair: DomainPair, metrics: dict[str, float]) -> None:
-    rows = [("source", pair.source.name, "test", metrics["source_acc"]),
-            ("source", pair.source.name, "val", metrics["source_val_acc"]),
-            ("target", pair.target.name, "test", metrics["target_acc"])]
-    print(f"\n{'domain':<8}{'dataset':<12}{'split':<7}{'accuracy':>9}")
-    for role, name, split, acc in rows:
-        print(f"{role:<8}{name:<12}{split:<7}{acc:>9.4f}")
+def build_evaluators(cfg: DictConfig) -> dict[str, Evaluator]:
+    """The reports, then the configured validators, by name."""
+    return {name: instantiate(cfg.evaluation.evaluators[name])
+            for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators])}
+
+
+def print_table(pair: DomainPair, evaluators: dict[str, Evaluator],
+                metrics: dict[str, float]) -> None:
+    print(f"\n{pair.source.name} → {pair.target.name}")
+    print(f"{'metric':<16}{'value':>9}  {'reads':<24}{'labels':<8}better")
+    for name, e in evaluators.items():
+        print(f"{name:<16}{metrics[name]:>9.4f}  {', '.join(e.reads):<24}"
+              f"{e.labels or '—':<8}{'higher' if e.higher_is_better else 'lower'}")
 
 
 def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, float]:
@@ -117,6 +125,11 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
         device = resolve_device(cfg.device)
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         pair, method = build(cfg, device)
+        evaluators = build_evaluators(cfg)
+        record.update(uses_target_labels=method.uses_target_labels,
+                      precision={"train": training_precision(cfg.trainer.precision, device),
+                                 "eval": "fp32"},
+                      evaluators={n: e.describe() for n, e in evaluators.items()})
         trainer = TrainerConfig(**{k: cfg.trainer[k] for k in TrainerConfig.__dataclass_fields__})
         checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
                                     record["config"])
@@ -130,14 +143,15 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, step)
 
-            history = fit(method, pair, trainer, cfg.seed, log, checkpointer, resume)
-        metrics = {k: history[-1][k] for k in ("source_acc", "target_acc", "source_val_acc")}
+            history = fit(method, pair, trainer, cfg.seed, log, evaluators, checkpointer,
+                          resume)
+        metrics = {k: history[-1][k] for k in evaluators}
         log_hparams(out_dir / "tb", record["config"], choices, metrics)
         record.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
                       method=method.results())
-        print_table(pair, metrics)
+        print_table(pair, evaluators, metrics)
         return metrics
     except BaseException as e:
         cause = find_user_error(e) or e

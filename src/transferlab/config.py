@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
+from transferlab.evaluation.base import REPORTS
 from transferlab.sweeps import threads_per_job
 
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -87,11 +88,11 @@ def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
 SCHEMA: dict[str, Rule] = {
     "seed": Rule(int, min=0),
     "device": Rule(str),
-    "objective": Rule(str, choices=("source_val_acc", "source_acc", "target_acc")),
     "data.root": Rule(str),
     "data.download": Rule(bool),
     "data.cache_dir": Rule(str, nullable=True),
     "data.source_val_size": Rule(int, min=0),
+    "data.target_val_size": Rule(int, min=0),
     "data.split_seed": Rule(int, min=0),
     "data.image_size": Rule(int, min=8, nullable=True),
     "trainer.steps": Rule(int, min=0),
@@ -115,6 +116,11 @@ def validate(cfg: DictConfig) -> None:
     for key, rule in SCHEMA.items():
         if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
             rule.check(key, OmegaConf.select(cfg, key))
+    defined = list(cfg.evaluation.evaluators)
+    for name in cfg.evaluation.validators:
+        Rule(str, choices=tuple(defined)).check("evaluation.validators", name)
+    measured = tuple(dict.fromkeys([*REPORTS, *cfg.evaluation.validators]))
+    Rule(str, choices=measured).check("objective", cfg.objective)
     method = get_class(cfg.method._target_)
     hints = typing.get_type_hints(method.__init__)
     limits: dict[str, Rule] = getattr(method, "limits", {})

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.config import OPERATIONAL_KEYS, flatten
+from transferlab.evaluation.base import REPORTS
 
-METRICS = ("source_acc", "target_acc", "source_val_acc")
 CHOICES = ("method", "data", "backbone")
 
 # Runs that differ only in these are repeats of one experiment: one row of the summary.
@@ -38,6 +38,7 @@ class Run:
     metrics: dict[str, float]
     wall_time_s: float | None
     error: str
+    precision: str = "fp32"    # of training; CPU-fp32 and GPU-bf16 runs are not one group
 
 
 @dataclass
@@ -95,14 +96,32 @@ def load_runs(root: Path) -> list[Run]:
                         choices=record.get("choices", {}), seed=record.get("seed"),
                         config=record.get("config", {}), metrics=record.get("metrics", {}),
                         wall_time_s=record.get("wall_time_s"),
-                        error=" ".join(str(record.get("error", "")).split())))
+                        error=" ".join(str(record.get("error", "")).split()),
+                        precision=record.get("precision", {}).get("train", "fp32")))
     return runs
+
+
+def metric_names(runs: Sequence[Run]) -> list[str]:
+    """Every metric any run measured: the reports first, then in the order runs list them."""
+    names = dict.fromkeys(REPORTS)
+    for run in runs:
+        names.update(dict.fromkeys(run.metrics))
+    return list(names)
+
+
+def shown_metrics(runs: Sequence[Run]) -> list[str]:
+    """The table's columns: the reports, source_val_acc, and the runs' objectives."""
+    measured = set(metric_names(runs))
+    objectives = [r.config.get("objective") for r in runs]
+    wanted = dict.fromkeys([*REPORTS, "source_val_acc", *filter(None, objectives)])
+    return [m for m in wanted if m in measured]
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     groups: dict[str, Group] = {}
     for run in runs:
         config = {k: v for k, v in flatten(run.config).items() if k not in IGNORED}
+        config["precision"] = run.precision
         key = json.dumps([run.choices, config], sort_keys=True, default=str)
         groups.setdefault(key, Group(run.choices, config)).runs.append(run)
     result = list(groups.values())
@@ -123,29 +142,32 @@ def mean_std(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f} ± {'—' if std is None else f'{std:.4f}'}"
 
 
-def table_rows(groups: Sequence[Group]) -> list[list[str]]:
+def table_rows(groups: Sequence[Group], metrics: Sequence[str]) -> list[list[str]]:
     rows = []
     for g in groups:
         wall = g.wall_time()
         rows.append([g.choices.get("method", "?"), g.choices.get("data", "?"),
                      g.choices.get("backbone", "?"), g.varies or "", str(len(g.completed)),
-                     str(len(g.failed)), *(mean_std(*g.stats(m)) for m in METRICS),
+                     str(len(g.failed)), *(mean_std(*g.stats(m)) for m in metrics),
                      "—" if wall is None else f"{wall:.1f}"])
     return rows
 
 
-HEADER = ["method", "data", "backbone", "varies", "seeds", "failed", "source acc",
-          "target acc", "source val acc", "wall time (s)"]
+def header(metrics: Sequence[str]) -> list[str]:
+    return ["method", "data", "backbone", "varies", "seeds", "failed",
+            *(m.replace("_", " ") for m in metrics), "wall time (s)"]
+
+
 NOTE = ("Mean ± sample standard deviation (ddof=1) over seeds; — where a group has one run. "
         "`seeds`: completed runs; `failed`: runs that did not complete; wall time: mean per "
         "run. Select on `source val acc` (label-free); `target acc` uses target test labels, "
         "which UDA does not have.")
 
 
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+def format_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [HEADER, *rows]]
+             for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -156,14 +178,15 @@ def failures(runs: Sequence[Run], root: Path) -> list[str]:
             for r in runs if r.status != "completed"]
 
 
-def write_csv(path: Path, groups: Sequence[Group], root: Path) -> None:
+def write_csv(path: Path, groups: Sequence[Group], root: Path,
+              metrics: Sequence[str]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*CHOICES, "varies", "n", "n_failed",
-                         *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+                         *(f"{m}_{s}" for m in metrics for s in ("mean", "std")),
                          "wall_time_s_mean", "seeds", "runs"])
         for g in groups:
-            stats = [g.stats(m) for m in METRICS]
+            stats = [g.stats(m) for m in metrics]
             writer.writerow([*(g.choices.get(c, "") for c in CHOICES), g.varies,
                              len(g.completed), len(g.failed),
                              *("" if v is None else v for pair in stats for v in pair),
@@ -172,10 +195,10 @@ def write_csv(path: Path, groups: Sequence[Group], root: Path) -> None:
                              " ".join(str(r.path.relative_to(root)) for r in g.runs)])
 
 
-def write_markdown(path: Path, rows: Sequence[Sequence[str]], failed: Sequence[str],
-                   root: Path) -> None:
-    lines = [f"# Summary of {root}", "", "| " + " | ".join(HEADER) + " |",
-             "|" + "---|" * len(HEADER)]
+def write_markdown(path: Path, head: Sequence[str], rows: Sequence[Sequence[str]],
+                   failed: Sequence[str], root: Path) -> None:
+    lines = [f"# Summary of {root}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", NOTE, ""]
     if failed:
@@ -224,14 +247,15 @@ def summarize(root: Path, draw: bool = True) -> list[Group]:
     """Print the table and write summary.{csv,md,png} into `root`; returns the groups."""
     runs = load_runs(root)
     groups = group_runs(runs)
-    rows = table_rows(groups)
+    shown = shown_metrics(runs)
+    rows = table_rows(groups, shown)
     failed = failures(runs, root)
-    print(format_table(rows))
+    print(format_table(header(shown), rows))
     print(f"\n{len(runs)} runs in {len(groups)} groups. {NOTE}")
     if failed:
         print(f"\n{len(failed)} runs did not complete:", *failed, sep="\n  ")
-    write_csv(root / "summary.csv", groups, root)
-    write_markdown(root / "summary.md", rows, failed, root)
+    write_csv(root / "summary.csv", groups, root, metric_names(runs))
+    write_markdown(root / "summary.md", header(shown), rows, failed, root)
     written = ["summary.csv", "summary.md"]
     if draw:
         skipped = plot(root / "summary.png", groups)

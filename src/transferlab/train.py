@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from transferlab.checkpoint import Checkpointer, set_rng_state
-from transferlab.data.domain import BatchStream, DomainPair, Split, as_input
+from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
-from transferlab.methods.base import DomainName, Method, Stage
+from transferlab.evaluation import Evaluator, evaluate
+from transferlab.methods.base import Method, Stage
 
 Metrics = dict[str, float]
 Log = Callable[[dict[str, float], int], None]
@@ -33,7 +35,14 @@ class TrainerConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     progress_bar: bool = True
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; or fp32, bf16
+    precision: str = "auto"  # training: auto = bf16 autocast on CUDA, fp32 elsewhere; or fp32, bf16
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """The precision the updates run in ("fp32" or "bf16"); evaluation is always fp32."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 class NonFiniteLoss(UserError):
@@ -44,53 +53,47 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
-@torch.inference_mode()
-def accuracy(method: Method, split: Split, domain: DomainName, channels: int,
-             batch_size: int) -> float:
-    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
-    for i in range(0, len(split), batch_size):
-        x = as_input(split.images[i : i + batch_size], channels)
-        correct += (method.predict(x, domain).argmax(1) == split.labels[i : i + batch_size]).sum()
-    return correct.item() / max(len(split), 1)
-
-
-def evaluate(method: Method, pair: DomainPair, batch_size: int) -> Metrics:
-    """Accuracy on each domain's full test split, and on the held-out source validation split."""
-    was_training = method.training
-    method.eval()
-    metrics = {
-        "source_acc": accuracy(method, pair.source.test, "source", pair.channels, batch_size),
-        "target_acc": accuracy(method, pair.target.test, "target", pair.channels, batch_size),
-        "source_val_acc": accuracy(method, pair.source_val, "source", pair.channels,
-                                   batch_size),
-    }
-    method.train(was_training)
-    return metrics
-
-
 class FiniteCheck:
-    """Remembers, on the device, the first step whose logged losses were NaN or infinite, so
-    the loop need not wait for the device every step; `raise_if_bad` syncs and reports."""
+    """Remembers the first step whose logged values were NaN or infinite. Tensors are checked
+    on their device, so the loop need not wait for the device every step; `raise_if_bad`
+    syncs and reports. Stages log different names, and a method may log different names
+    from step to step: each distinct set of names gets an id that the record keeps."""
 
     def __init__(self) -> None:
-        self.first_bad: Tensor | None = None
-        self.names: list[str] = []
+        self.first_bad: Tensor | None = None  # (step, name-set id, index in it); -1: none
+        self.name_sets: list[tuple[str, ...]] = []
+        self.host_bad: tuple[int, str] | None = None  # the first bad plain number
 
-    def update(self, scalars: dict[str, Tensor], step: int) -> None:
-        values = torch.stack([v.detach().float() for v in scalars.values()])
-        bad = ~values.isfinite()
+    def update(self, scalars: Mapping[str, Tensor | float] | None, step: int) -> None:
+        tensors = {k: v for k, v in (scalars or {}).items() if isinstance(v, Tensor)}
+        if self.host_bad is None:
+            self.host_bad = next(((step, k) for k, v in (scalars or {}).items()
+                                  if not isinstance(v, Tensor) and not math.isfinite(v)), None)
+        if not tensors:
+            return
+        names = tuple(tensors)
+        if names not in self.name_sets:
+            self.name_sets.append(names)
+        values = torch.stack([v.detach().float().reshape(()) for v in tensors.values()])
         if self.first_bad is None:
-            self.first_bad = torch.full((2,), -1, dtype=torch.long, device=values.device)
-            self.names = list(scalars)
-        newly = bad.any() & (self.first_bad[0] < 0)
-        found = torch.stack([torch.full_like(self.first_bad[0], step), bad.int().argmax()])
-        self.first_bad = torch.where(newly, found, self.first_bad)
+            self.first_bad = torch.full((3,), -1, dtype=torch.long, device=values.device)
+        bad = ~values.isfinite()
+        found = torch.stack([torch.full_like(self.first_bad[0], step),
+                             torch.full_like(self.first_bad[0], self.name_sets.index(names)),
+                             bad.int().argmax()])
+        self.first_bad = torch.where(bad.any() & (self.first_bad[0] < 0), found,
+                                     self.first_bad)
 
-    def raise_if_bad(self, checkpoint: str) -> None:
+    def raise_if_bad(self, checkpoint: str | None) -> None:
+        found = [self.host_bad] if self.host_bad else []
         if self.first_bad is not None and self.first_bad[0] >= 0:
-            step, which = self.first_bad.tolist()
-            raise NonFiniteLoss(f"{self.names[which]} became NaN or infinite at step {step}; "
-                                f"stopped. Last good checkpoint: {checkpoint}")
+            step, which, index = self.first_bad.tolist()
+            found.append((step, self.name_sets[which][index]))
+        if found:
+            step, name = min(found)
+            kept = (f"last good checkpoint: {checkpoint}" if checkpoint
+                    else "no checkpoint was written yet")
+            raise NonFiniteLoss(f"{name} became NaN or infinite at step {step}; stopped; {kept}")
 
 
 @contextmanager
@@ -112,11 +115,12 @@ def stop_requests() -> Iterator[list[bool]]:
 
 
 def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Log,
-        checkpointer: Checkpointer | None = None,
+        evaluators: Mapping[str, Evaluator], checkpointer: Checkpointer | None = None,
         resume: dict[str, Any] | None = None) -> list[dict]:
     """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
-    evaluation history. `log(scalars, step)` receives losses, learning rates, accuracies."""
-    stages = method.stages(pair)
+    evaluation history. `log(scalars, step)` receives losses, learning rates and the
+    evaluators' values (as `val/<name>`)."""
+    stages = method.stages(pair.training_view(method.uses_target_labels))
     total = sum(s.steps for s in stages)
     step, history = (resume["step"], resume["history"]) if resume else (0, [])
     if resume:
@@ -124,8 +128,9 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         set_rng_state(resume["rng"])
     finite = FiniteCheck()
     device = pair.source_val.images.device
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = training_precision(cfg.precision, device) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    normalization = method.network.normalization
     start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     bar = tqdm(total=total, initial=step, disable=not cfg.progress_bar, dynamic_ncols=True)
     stage_start = 0
@@ -146,29 +151,30 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             method.train()
 
             for i in range(done, stage.steps):
-                batch = {name: (as_input(x, pair.channels), y)
+                batch = {name: (as_input(x, pair.channels, normalization), y)
                          for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
                 with autocast:
-                    scalars = stage.update(batch, i / stage.steps)
+                    scalars = stage.update(batch, i / stage.steps) or {}
                 for scheduler in schedulers:
                     scheduler.step()
                 step += 1
                 bar.update()
                 finite.update(scalars, step)
                 if step % cfg.log_every == 0 or step == total:
-                    values = {k: float(v.detach()) for k, v in scalars.items()}
-                    values[f"lr/{stage.name}"] = stage.optimizers[0].param_groups[0]["lr"]
+                    values = {k: float(v.detach() if isinstance(v, Tensor) else v)
+                              for k, v in scalars.items()}
+                    group = stage.optimizers[0].param_groups[0]
+                    values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
                     log(values, step)
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in values.items()})
+                    bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
                 if step % cfg.eval_every == 0 or step == total:
-                    finite.raise_if_bad(str(checkpointer.path if checkpointer else None))
-                    with autocast:
-                        metrics = evaluate(method, pair, cfg.eval_batch_size)
+                    finite.raise_if_bad(str(checkpointer.path) if checkpointer else None)
+                    metrics = evaluate(method, pair, evaluators, cfg.eval_batch_size)
                     history.append({"step": step, "stage": stage.name, **metrics,
                                     "time_s": round(time.perf_counter() - start, 2)})
-                    log({f"acc/{k.removesuffix('_acc')}": v for k, v in metrics.items()}, step)
+                    log({f"val/{k}": v for k, v in metrics.items()}, step)
                 if checkpointer and (checkpointer.due(step) or step == total or stop[0]):
-                    finite.raise_if_bad(str(checkpointer.path))
+                    finite.raise_if_bad(str(checkpointer.path) if checkpointer.exists() else None)
                     checkpointer.save({"step": step, "history": history,
                                        "method": method.state_dict(), **_states(parts)})
                 if stop[0]:
@@ -178,8 +184,13 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
     bar.close()
     if not history:  # zero steps: still report the untrained model
         history.append({"step": 0, "stage": "none", "time_s": 0.0,
-                        **evaluate(method, pair, cfg.eval_batch_size)})
+                        **evaluate(method, pair, evaluators, cfg.eval_batch_size)})
     return history
+
+
+def _short(tag: str) -> str:
+    """A progress-bar name: the tag's last part ("loss/domain" → "domain"), "lr" for rates."""
+    return "lr" if tag.startswith("lr/") else tag.rsplit("/", 1)[-1]
 
 
 def _prepare(stage: Stage, index: int, seed: int, batch_size: int,

@@ -6,6 +6,7 @@ conversion to float happens on the batch (`as_input`), on whatever device the da
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -73,13 +74,26 @@ DomainLoader = Callable[[DataContext], Domain]
 
 
 @dataclass(frozen=True)
+class TrainingView:
+    """What a method trains on: the training splits only, never a test or validation split.
+    `target` labels are -1 unless the method uses target labels by design (the oracle,
+    few-shot fine-tuning), so unsupervised adaptation code cannot read them by mistake."""
+
+    source: Split
+    target: Split
+    num_classes: int
+
+
+@dataclass(frozen=True)
 class DomainPair:
-    """A source→target pair. `source_val` is held out from source train: it is the label-free
-    (with respect to the target) signal that model selection may use."""
+    """A source→target pair. `source_val` and `target_val` are held out from each domain's
+    train split: the signals that label-free model selection may use (source labels, and
+    target images without their labels); the test splits are for reporting only."""
 
     source: Domain
     target: Domain
     source_val: Split
+    target_val: Split
 
     @property
     def num_classes(self) -> int:
@@ -93,19 +107,48 @@ class DomainPair:
     def image_size(self) -> int:
         return self.source.train.images.shape[-1]
 
+    def splits(self) -> dict[str, Split]:
+        """Every split by the name evaluators use for it."""
+        return {"source_test": self.source.test, "target_test": self.target.test,
+                "source_val": self.source_val, "target_val": self.target_val}
+
+    def training_view(self, target_labels: bool) -> TrainingView:
+        target = self.target.train if target_labels else unlabelled(self.target.train)
+        return TrainingView(self.source.train, target, self.num_classes)
+
     def to(self, device: torch.device | str) -> DomainPair:
         def move(d: Domain) -> Domain:
             return replace(d, train=d.train.to(device), test=d.test.to(device))
 
-        return DomainPair(move(self.source), move(self.target), self.source_val.to(device))
+        return DomainPair(move(self.source), move(self.target), self.source_val.to(device),
+                          self.target_val.to(device))
 
 
-def as_input(images: Tensor, channels: int) -> Tensor:
-    """uint8 batch → float in [-1, 1], grey images repeated to `channels`, in channels-last
-    layout (convolutions run markedly faster in it on CPU and on tensor-core GPUs)."""
+def unlabelled(split: Split) -> Split:
+    """The split with its labels replaced by -1."""
+    return Split(split.images, torch.full_like(split.labels, -1))
+
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+DIGITS: Normalization = ((0.5,), (0.5,))  # [0, 1] → [-1, 1]
+
+
+def as_input(images: Tensor, channels: int, normalization: Normalization = DIGITS) -> Tensor:
+    """uint8 batch → float, normalised with the backbone's per-channel (mean, std) of [0, 1]
+    images, grey images repeated to `channels`, in channels-last layout (convolutions run
+    markedly faster in it on CPU and on tensor-core GPUs)."""
     x = images.expand(-1, channels, -1, -1) if images.shape[1] != channels else images
     x = x.contiguous(memory_format=torch.channels_last).float()
-    return x.mul_(2 / 255).sub_(1)
+    scale, shift = _affine(normalization, channels, x.device)
+    return x.mul_(scale).sub_(shift)  # (x / 255 - mean) / std, in place
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(normalization: Normalization, channels: int,
+            device: torch.device) -> tuple[Tensor, Tensor]:
+    mean, std = (torch.tensor(v, dtype=torch.float32).expand(channels).view(1, -1, 1, 1)
+                 for v in normalization)
+    return (1 / (255 * std)).to(device), (mean / std).to(device)
 
 
 def default_cache_dir(root: Path) -> Path:
@@ -125,12 +168,14 @@ def build_pair(
     download: bool = False,
     cache_dir: str | Path | None = None,
     source_val_size: int = 5000,
+    target_val_size: int = 1000,
     image_size: int | None = None,
     split_seed: int = 0,
 ) -> DomainPair:
-    """Load both domains, bring them to one image size, and hold out a source validation split.
+    """Load both domains, bring them to one image size, and hold out a validation split from
+    each domain's train split.
 
-    The validation split depends on `split_seed` only, not on the run's seed, so that runs with
+    The validation splits depend on `split_seed` only, not on the run's seed, so that runs with
     different seeds are selected on the same held-out samples.
     """
     root = Path(root).expanduser()
@@ -143,12 +188,18 @@ def build_pair(
     if src.num_classes != tgt.num_classes:
         raise ValueError(f"{src.name} has {src.num_classes} classes but {tgt.name} has "
                          f"{tgt.num_classes}")
-    if not 0 <= source_val_size < len(src.train):
-        raise UserError(f"data.source_val_size={source_val_size} must be in "
-                         f"[0, {len(src.train)}) for {src.name}")
-    perm = torch.randperm(len(src.train), generator=torch.Generator().manual_seed(split_seed))
-    val, train = perm[:source_val_size], perm[source_val_size:]
-    return DomainPair(replace(src, train=src.train.subset(train)), tgt, src.train.subset(val))
+    src, source_val = _hold_out(src, source_val_size, split_seed, "data.source_val_size")
+    # A different stream of the same seed: the two domains' draws do not mirror each other.
+    tgt, target_val = _hold_out(tgt, target_val_size, split_seed + 1, "data.target_val_size")
+    return DomainPair(src, tgt, source_val, target_val)
+
+
+def _hold_out(domain: Domain, size: int, seed: int, key: str) -> tuple[Domain, Split]:
+    if not 0 <= size < len(domain.train):
+        raise UserError(f"{key}={size} must be in [0, {len(domain.train)}) for {domain.name}")
+    perm = torch.randperm(len(domain.train), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:size], perm[size:]
+    return replace(domain, train=domain.train.subset(train)), domain.train.subset(val)
 
 
 class BatchStream:

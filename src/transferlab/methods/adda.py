@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transferlab.config import Rule
-from transferlab.data.domain import DomainPair
+from transferlab.data.domain import TrainingView
+from transferlab.losses.adversarial import domain_labels
 from transferlab.methods.base import (
     Batch,
     DomainName,
@@ -27,10 +28,9 @@ from transferlab.methods.base import (
     Stage,
     optimize,
     supervised_stage,
-    unlabelled,
 )
 from transferlab.nn import DomainDiscriminator
-from transferlab.nn.discriminator import SOURCE, TARGET
+from transferlab.nn.discriminator import SOURCE
 
 
 class ADDA(Method):
@@ -47,14 +47,14 @@ class ADDA(Method):
         # Until stage 2 starts, target images are classified by the source network.
         self.register_buffer("adapting", torch.tensor(False))
 
-    def stages(self, pair: DomainPair) -> list[Stage]:
-        pretrain = supervised_stage("pretrain", self.network,
-                                    self.optimizer(self.network.parameters()),
-                                    pair.source.train, self.pretrain_steps)
-        self._d_optimizer = self.make_adapt_optimizer(self.discriminator.parameters())
-        self._t_optimizer = self.make_adapt_optimizer(self.target_encoder.parameters())
+    def stages(self, view: TrainingView) -> list[Stage]:
+        pretrain = supervised_stage("pretrain", self.network, self.optimizer(self.network),
+                                    view.source, self.pretrain_steps)
+        self._d_optimizer = self.optimizer(self.discriminator, factory=self.make_adapt_optimizer)
+        self._t_optimizer = self.optimizer(self.target_encoder,
+                                           factory=self.make_adapt_optimizer)
         adapt = Stage("adapt", self.adapt_steps, self.adapt_update,
-                      {"source": pair.source.train, "target": unlabelled(pair.target.train)},
+                      {"source": view.source, "target": view.target},
                       [self._d_optimizer, self._t_optimizer], anneal_lr=False,
                       on_start=self.start_adapting)
         return [pretrain, adapt]
@@ -73,12 +73,11 @@ class ADDA(Method):
     def adapt_update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, _), (xt, _) = batch["source"], batch["target"]
         with torch.no_grad():
-            source_features = self.network.encoder(xs)
+            source_features = self.network.features(xs)
         target_features = self.target_encoder(xt)
 
         logits = self.discriminator(torch.cat([source_features, target_features.detach()]))
-        domains = torch.cat([torch.full((len(xs),), SOURCE), torch.full((len(xt),), TARGET)])
-        domains = domains.to(logits.device)
+        domains = domain_labels(len(xs), len(xt), logits.device)
         d_loss = F.cross_entropy(logits, domains)
         optimize(self._d_optimizer, d_loss)
 
@@ -91,7 +90,8 @@ class ADDA(Method):
         return {"loss/discriminator": d_loss, "loss/target_encoder": t_loss,
                 "adda/domain_acc": d_acc}
 
-    def predict(self, x: Tensor, domain: DomainName) -> Tensor:
+    def outputs(self, x: Tensor, domain: DomainName) -> tuple[Tensor, Tensor]:
         if domain == "target" and self.adapting:
-            return self.network.head(self.target_encoder(x))
-        return self.network(x)
+            features = self.target_encoder(x)
+            return features, self.network.head(features)
+        return super().outputs(x, domain)

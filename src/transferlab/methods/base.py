@@ -1,37 +1,38 @@
 """What every method shares: the `Method` interface, `Stage`, and the supervised step.
 
 A method is an `nn.Module` holding all its networks (so one state dict checkpoints it) that
-declares its training as a list of `Stage`s. The training loop knows nothing else about it:
-it draws the batches each stage asks for, calls `stage.update`, anneals the learning rate,
-evaluates `predict` per domain, and logs what `update` returns.
+declares its training as a list of `Stage`s built from a `TrainingView` (training splits only,
+target labels masked unless the method declares `uses_target_labels`). The training loop
+knows nothing else about it: it draws the batches each stage asks for, calls `stage.update`,
+anneals the learning rate, evaluates `outputs` per domain, and logs what `update` returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from transferlab.data.domain import DomainPair, Split
+from transferlab.data.domain import Split, TrainingView
 from transferlab.nn import Classifier
 from transferlab.schedules import annealed_lr
 
 Batch = dict[str, tuple[Tensor, Tensor]]  # stream name → (float images, labels)
-Update = Callable[[Batch, float], dict[str, Tensor]]  # (batch, progress in [0,1)) → to log
+# (batch, progress in [0,1)) → scalars to log (tensors or numbers); None logs nothing.
+Update = Callable[[Batch, float], Mapping[str, Tensor | float] | None]
 OptimizerFactory = Callable[..., Optimizer]
 DomainName = Literal["source", "target"]
 
 
 @dataclass
 class Stage:
-    """A phase of training. `data` names the splits to stream batches from (labels of the
-    unlabelled target are masked to -1 before they get here); `on_start` runs once when the
-    stage begins (not again when a run resumes inside it)."""
+    """A phase of training. `data` names the splits to stream batches from, all taken from the
+    `TrainingView`; `on_start` runs once when the stage begins (not again when a run resumes
+    inside it)."""
 
     name: str
     steps: int
@@ -40,11 +41,6 @@ class Stage:
     optimizers: list[Optimizer]
     anneal_lr: bool = True
     on_start: Callable[[], None] | None = None
-
-
-def unlabelled(split: Split) -> Split:
-    """The split with its labels replaced by -1, so adaptation code cannot read them."""
-    return Split(split.images, torch.full_like(split.labels, -1))
 
 
 def optimize(optimizer: Optimizer, loss: Tensor) -> None:
@@ -69,30 +65,66 @@ def supervised_stage(name: str, network: Classifier, optimizer: Optimizer, split
 
 class Method(nn.Module):
     """Base class. Subclasses take their own hyperparameters as keyword arguments (from
-    `conf/method/<name>.yaml`) and pass the common ones on to this constructor."""
+    `conf/method/<name>.yaml`) and pass the common ones on to this constructor.
+
+    `lr_mult` maps parameter-name prefixes of the method (e.g. "discriminator",
+    "network.head") to learning-rate multipliers; the backbone's own (e.g. 0.1 for pretrained
+    layers) come first, the method's override them, and the longest matching prefix wins.
+    """
+
+    # Methods that train on target labels by design (the oracle, few-shot fine-tuning) set
+    # this; everything else sees target labels as -1. Recorded in results.json.
+    uses_target_labels: ClassVar[bool] = False
 
     def __init__(self, network: Classifier, optimizer: OptimizerFactory, steps: int,
-                 seed: int = 0, lr_alpha: float = 10.0, lr_beta: float = 0.75) -> None:
+                 seed: int = 0, lr_alpha: float = 10.0, lr_beta: float = 0.75,
+                 lr_mult: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.network = network
         self.make_optimizer = optimizer
         self.steps = steps
         self.seed = seed
         self.lr_alpha, self.lr_beta = lr_alpha, lr_beta
+        self.lr_mult = {**{f"network.{k}": v for k, v in network.lr_mult.items()},
+                        **(lr_mult or {})}
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.num_classes
 
     def lr_factor(self, progress: float) -> float:
         return annealed_lr(progress, self.lr_alpha, self.lr_beta)
 
-    def optimizer(self, params: Iterable[Tensor] | Iterable[dict]) -> Optimizer:
-        return self.make_optimizer(params)
+    def optimizer(self, *modules: nn.Module, factory: OptimizerFactory | None = None
+                  ) -> Optimizer:
+        """An optimizer (the configured one, or `factory`) over the parameters of `modules`,
+        one parameter group per learning-rate multiplier (see `lr_mult`)."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        groups: dict[float, list[Tensor]] = {}
+        for module in modules:
+            for p in module.parameters():
+                groups.setdefault(self._multiplier(names[id(p)]), []).append(p)
+        optimizer = (factory or self.make_optimizer)(
+            [{"params": ps, "lr_mult": mult} for mult, ps in groups.items()])
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_mult"]
+        return optimizer
 
-    def stages(self, pair: DomainPair) -> list[Stage]:
+    def _multiplier(self, name: str) -> float:
+        matches = [p for p in self.lr_mult if name == p or name.startswith(p + ".")]
+        return self.lr_mult[max(matches, key=len)] if matches else 1.0
+
+    def stages(self, view: TrainingView) -> list[Stage]:
         raise NotImplementedError
 
+    def outputs(self, x: Tensor, domain: DomainName) -> tuple[Tensor, Tensor]:
+        """Features and class logits for images of `domain`; methods with a separate target
+        network (ADDA) or several classifiers (MCD) override this."""
+        features = self.network.features(x)
+        return features, self.network.head(features)
+
     def predict(self, x: Tensor, domain: DomainName) -> Tensor:
-        """Class logits for images of `domain`; adaptation methods with a separate target
-        network override this."""
-        return self.network(x)
+        return self.outputs(x, domain)[1]
 
     def results(self) -> dict[str, Any]:
         """Method-specific facts for results.json (e.g. which target samples were used)."""

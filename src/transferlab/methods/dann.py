@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transferlab.config import Rule
-from transferlab.data.domain import DomainPair
-from transferlab.methods.base import Batch, Method, Stage, optimize, unlabelled
-from transferlab.nn import DomainDiscriminator, GradientReversal
-from transferlab.nn.discriminator import SOURCE, TARGET
+from transferlab.data.domain import TrainingView
+from transferlab.losses.adversarial import DomainAdversarialLoss
+from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.nn import DomainDiscriminator
 from transferlab.schedules import dann_lambda
 
 
@@ -27,28 +27,25 @@ class DANN(Method):
     limits: ClassVar = {"lambda_gamma": Rule(float, min=0), "lambda_max": Rule(float, min=0)}
 
     def __init__(self, lambda_gamma: float = 10.0, lambda_max: float = 1.0,
-                 domain_hidden: Sequence[int] = (100,), **common: Any) -> None:
+                 domain_hidden: Sequence[int] = (100,), domain_batch_norm: bool = False,
+                 domain_dropout: float = 0.0, **common: Any) -> None:
         super().__init__(**common)
         self.lambda_gamma, self.lambda_max = lambda_gamma, lambda_max
-        self.discriminator = DomainDiscriminator(self.network.feature_dim, domain_hidden)
-        self.reverse = GradientReversal()
+        self.adversarial = DomainAdversarialLoss(DomainDiscriminator(
+            self.network.feature_dim, domain_hidden, domain_batch_norm, domain_dropout))
 
-    def stages(self, pair: DomainPair) -> list[Stage]:
-        self._optimizer = self.optimizer(self.parameters())
-        data = {"source": pair.source.train, "target": unlabelled(pair.target.train)}
+    def stages(self, view: TrainingView) -> list[Stage]:
+        self._optimizer = self.optimizer(self)
+        data = {"source": view.source, "target": view.target}
         return [Stage("dann", self.steps, self.update, data, [self._optimizer])]
 
-    def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
+    def update(self, batch: Batch, progress: float) -> dict[str, Tensor | float]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
         # One encoder pass over both domains: batch-norm layers (if any) see one joint batch.
-        features = self.network.encoder(torch.cat([xs, xt]))
+        features = self.network.features(torch.cat([xs, xt]))
         label_loss = F.cross_entropy(self.network.head(features[: len(xs)]), ys)
         lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
-        domain_logits = self.discriminator(self.reverse(features, lam))
-        domains = torch.cat([torch.full_like(ys, SOURCE), torch.full((len(xt),), TARGET,
-                                                                      device=ys.device)])
-        domain_loss = F.cross_entropy(domain_logits, domains)
+        domain_loss, domain_acc = self.adversarial(features[: len(xs)], features[len(xs):], lam)
         optimize(self._optimizer, label_loss + domain_loss)
-        domain_acc = (domain_logits.argmax(1) == domains).float().mean()
         return {"loss/classification": label_loss, "loss/domain": domain_loss,
-                "dann/lambda": torch.tensor(lam), "dann/domain_acc": domain_acc}
+                "dann/lambda": lam, "dann/domain_acc": domain_acc}

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from transferlab.config import Rule
-from transferlab.data.domain import DomainPair
+from transferlab.data.domain import TrainingView
 from transferlab.errors import UserError
 from transferlab.methods.base import Method, Stage, supervised_stage
 
@@ -29,6 +29,7 @@ def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) ->
 
 
 class FineTune(Method):
+    uses_target_labels = True
     limits: ClassVar = {"shots": Rule(int, min=1), "pretrain_steps": Rule(int, min=0),
                         "finetune_steps": Rule(int, min=0), "backbone_lr": Rule(float, min=0),
                         "head_lr": Rule(float, min=0)}
@@ -41,17 +42,16 @@ class FineTune(Method):
         self.backbone_lr, self.head_lr = backbone_lr, head_lr
         self.shot_indices = torch.empty(0, dtype=torch.long)
 
-    def stages(self, pair: DomainPair) -> list[Stage]:
-        self.shot_indices = few_shot_indices(pair.target.train.labels, self.shots,
-                                             pair.num_classes, self.seed)
-        pretrain = supervised_stage("pretrain", self.network,
-                                    self.optimizer(self.network.parameters()),
-                                    pair.source.train, self.pretrain_steps)
-        tune_optimizer = self.optimizer([
+    def stages(self, view: TrainingView) -> list[Stage]:
+        self.shot_indices = few_shot_indices(view.target.labels, self.shots, self.num_classes,
+                                             self.seed)
+        pretrain = supervised_stage("pretrain", self.network, self.optimizer(self.network),
+                                    view.source, self.pretrain_steps)
+        tune_optimizer = self.make_optimizer([
             {"params": self.network.encoder.parameters(), "lr": self.backbone_lr},
             {"params": self.network.head.parameters(), "lr": self.head_lr},
         ])
-        shots = pair.target.train.subset(self.shot_indices.to(pair.target.train.labels.device))
+        shots = view.target.subset(self.shot_indices.to(view.target.labels.device))
         finetune = supervised_stage("finetune", self.network, tune_optimizer, shots,
                                     self.finetune_steps)
         return [pretrain, finetune]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from transferlab.config import Rule
-from transferlab.data.domain import DomainPair
+from transferlab.data.domain import TrainingView
 from transferlab.methods.base import DomainName, Method, Stage, supervised_stage
 
 
@@ -16,9 +16,9 @@ class Supervised(Method):
     def __init__(self, train_on: DomainName = "source", **common: Any) -> None:
         super().__init__(**common)
         self.train_on = train_on
+        self.uses_target_labels = train_on == "target"
 
-    def stages(self, pair: DomainPair) -> list[Stage]:
-        domain = pair.source if self.train_on == "source" else pair.target
-        optimizer = self.optimizer(self.network.parameters())
-        return [supervised_stage(f"train-{self.train_on}", self.network, optimizer,
-                                 domain.train, self.steps)]
+    def stages(self, view: TrainingView) -> list[Stage]:
+        split = view.source if self.train_on == "source" else view.target
+        return [supervised_stage(f"train-{self.train_on}", self.network,
+                                 self.optimizer(self.network), split, self.steps)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 
@@ -15,20 +15,22 @@ def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
 
 
 def dann_mnist(in_channels: int, num_classes: int, image_size: int = 28,
-               batch_norm: bool = False, head_hidden: Sequence[int] = (100, 100)) -> Classifier:
+               batch_norm: bool = False, head_hidden: Sequence[int] = (100, 100),
+               lr_mult: Mapping[str, float] | None = None) -> Classifier:
     """The MNIST network of the DANN paper (JMLR 2016, fig. 4 and appendix): conv 5x5x32 →
     maxpool 2 → conv 5x5x48 → maxpool 2 → features; label head 100 → 100 → classes."""
     encoder = nn.Sequential(*_conv_block(in_channels, 32, batch_norm),
                             *_conv_block(32, 48, batch_norm), nn.Flatten())
-    return Classifier(encoder, num_classes, head_hidden, in_channels, image_size)
+    return Classifier(encoder, num_classes, head_hidden, in_channels, image_size,
+                      lr_mult=lr_mult)
 
 
 def lenet(in_channels: int, num_classes: int, image_size: int = 28, batch_norm: bool = False,
-          feature_dim: int = 500) -> Classifier:
+          feature_dim: int = 500, lr_mult: Mapping[str, float] | None = None) -> Classifier:
     """LeNet as in the ADDA paper: conv 5x5x20 → maxpool → conv 5x5x50 → maxpool → fc 500
     (the features) → linear classifier."""
     side = ((image_size - 4) // 2 - 4) // 2
     encoder = nn.Sequential(*_conv_block(in_channels, 20, batch_norm),
                             *_conv_block(20, 50, batch_norm), nn.Flatten(),
                             nn.Linear(50 * side * side, feature_dim), nn.ReLU(inplace=True))
-    return Classifier(encoder, num_classes, (), in_channels, image_size)
+    return Classifier(encoder, num_classes, (), in_channels, image_size, lr_mult=lr_mult)

@@ -1,0 +1,114 @@
+"""Evaluators and the evaluation pass that feeds them.
+
+An evaluator is a named number computed from the model's outputs (features and logits) on
+some of the pair's splits: `source_test`, `target_test` (reports only), `source_val`,
+`target_val` (held out from each domain's train split). It declares the splits it `reads`,
+whose labels it uses (`labels`: None, "source" or "target"; a split of the other domain is
+handed to it without labels) and whether higher is better. The evaluation pass computes each
+split's outputs once, however many evaluators read it, and hands each evaluator only what it
+declared, so a validator cannot read a test split or a label it did not ask for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from transferlab.data.domain import DomainPair, Normalization, Split, as_input
+from transferlab.methods.base import DomainName, Method
+
+SplitName = Literal["source_test", "target_test", "source_val", "target_val"]
+SPLITS: tuple[SplitName, ...] = ("source_test", "target_test", "source_val", "target_val")
+TEST_SPLITS = ("source_test", "target_test")
+# The two reports every run makes; everything else is a validator chosen by config.
+REPORTS = ("source_acc", "target_acc")
+
+
+def domain_of(split: SplitName) -> DomainName:
+    return "source" if split.startswith("source") else "target"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A split as the model sees it. `labels` is None unless the evaluator uses the labels
+    of this split's domain; `features` is None unless it asked for features."""
+
+    logits: Tensor
+    features: Tensor | None = None
+    labels: Tensor | None = None
+
+
+class Evaluator:
+    """Base class: set `reads`, `labels`, `higher_is_better`, `uses_features` and implement
+    `__call__`."""
+
+    reads: tuple[SplitName, ...] = ()
+    labels: DomainName | None = None
+    higher_is_better: bool = True
+    uses_features: bool = False
+
+    def __call__(self, outputs: Mapping[SplitName, Outputs]) -> float:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, object]:
+        """What results.json records about the evaluator, for summaries and selection."""
+        return {"reads": list(self.reads), "labels": self.labels,
+                "higher_is_better": self.higher_is_better}
+
+
+class Accuracy(Evaluator):
+    """Top-1 accuracy on one split, with that split's labels."""
+
+    def __init__(self, split: SplitName) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        self.reads = (split,)
+        self.labels = domain_of(split)
+
+    def __call__(self, outputs: Mapping[SplitName, Outputs]) -> float:
+        out = outputs[self.reads[0]]
+        return (out.logits.argmax(1) == out.labels).float().mean().item()
+
+
+@torch.inference_mode()
+def _outputs(method: Method, split: Split, domain: DomainName, channels: int,
+             normalization: Normalization, batch_size: int, features: bool) -> Outputs:
+    logits, feats = [], []
+    for i in range(0, len(split), batch_size):
+        x = as_input(split.images[i : i + batch_size], channels, normalization)
+        f, y = method.outputs(x, domain)
+        logits.append(y.float())
+        if features:
+            feats.append(f.float().flatten(1))
+    empty = torch.empty(0, method.num_classes, device=split.labels.device)
+    return Outputs(torch.cat(logits) if logits else empty,
+                   torch.cat(feats) if feats else None, split.labels)
+
+
+def evaluate(method: Method, pair: DomainPair, evaluators: Mapping[str, Evaluator],
+             batch_size: int) -> dict[str, float]:
+    """Every evaluator's value, in fp32 and eval mode, the model's outputs on each split
+    computed once."""
+    was_training = method.training
+    method.eval()
+    splits = pair.splits()
+    normalization = method.network.normalization
+    wanted: dict[SplitName, bool] = {}
+    for e in evaluators.values():
+        for s in e.reads:
+            wanted[s] = wanted.get(s, False) or e.uses_features
+    computed = {s: _outputs(method, splits[s], domain_of(s), pair.channels, normalization,
+                            batch_size, features)
+                for s, features in wanted.items()}
+    method.train(was_training)
+    metrics = {}
+    for name, e in evaluators.items():
+        given = {s: Outputs(computed[s].logits, computed[s].features if e.uses_features else None,
+                            computed[s].labels if domain_of(s) == e.labels else None)
+                 for s in e.reads}
+        metrics[name] = float(e(given))
+    return metrics
