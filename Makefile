@@ -1,7 +1,7 @@
 PYTHON ?= python
 METHODS := $(shell ls conf/method | sed 's/\.yaml$$//' | paste -sd, -)
 
-.PHONY: install test lint smoke reproduce
+.PHONY: install test lint smoke reproduce gpu-check
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -38,3 +38,8 @@ reproduce:
 		seed=0,1,2 trainer.progress_bar=false \
 		hydra.sweep.dir=$(REPRODUCE_DIR)/mnist_mnistm-dann20k $(REPRODUCE_ARGS)
 	$(PYTHON) scripts/results.py $(REPRODUCE_DIR) --out docs
+
+# The GPU path end to end (every method in bf16 and fp32, kill-and-resume, the benchmark) in
+# under ten minutes; prints one table. Skipped, with a message, where CUDA is not available.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --json docs/gpu_check.json

@@ -20,8 +20,9 @@ def test_every_group_has_the_required_choices():
 def test_config_composes_and_resolves_for_every_choice(data, backbone, method):
     cfg = compose_config(f"data={data}", f"backbone={backbone}", f"method={method}")
     for key in ("seed", "device", "trainer.steps", "trainer.batch_size", "trainer.eval_every",
-                "data.root", "data.download", "data.source_val_size"):
-        assert cfg.get(key.split(".")[0]) is not None
+                "data.root", "data.download", "data.source_val_size", "data.target_val_size",
+                "evaluation.validators"):
+        assert OmegaConf.select(cfg, key) is not None, key
     assert cfg.data.source_val_size >= 0
     assert "_target_" in cfg.method and "_target_" in cfg.backbone
     # every interpolation resolves

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from transferlab.losses.adversarial import DomainAdversarialLoss
 from transferlab.losses.density_ratio import density_ratio, normalised_weights
 from transferlab.losses.entropy import (
     batch_nuclear_norm,
@@ -103,3 +104,33 @@ def test_normalised_weights_clip_then_average_one():
     w = normalised_weights(torch.tensor([0.5, 1.0, 10.0]), clip=2.0)
     torch.testing.assert_close(w, torch.tensor([0.5, 1.0, 2.0]) / (3.5 / 3))
     assert normalised_weights(torch.tensor([1.0, 3.0])).mean().item() == pytest.approx(1.0)
+
+
+def test_domain_adversarial_loss_hand_case_and_reversed_gradient():
+    # A discriminator that reads the first feature as the target logit: source features
+    # (0, ...) and (2, ...) and a target feature (1, ...), domain logits (0, x0).
+    disc = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+    source = torch.tensor([[0.0, 5.0], [2.0, 5.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 5.0]], requires_grad=True)
+    loss, acc = DomainAdversarialLoss(disc)(source, target, coeff=0.5)
+    # CE for label 0 with logits (0, x) is log(1 + e^x); for label 1, log(1 + e^-x).
+    expected = (math.log(2) + math.log(1 + math.e ** 2) + math.log(1 + math.e ** -1)) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert acc.item() == pytest.approx(2 / 3)  # the second source sample looks like target
+    loss.backward()
+    sigmoid = torch.sigmoid(torch.tensor([0.0, 2.0]))
+    # d loss / d x0 of a source sample is sigmoid(x0) / 3; reversed and scaled by 0.5:
+    torch.testing.assert_close(source.grad[:, 0], -0.5 * sigmoid / 3)
+    assert torch.all(source.grad[:, 1] == 0)
+
+
+def test_domain_adversarial_loss_weights_samples():
+    disc = torch.nn.Linear(1, 2)
+    f_s, f_t = torch.randn(3, 1), torch.randn(2, 1)
+    per_sample = torch.nn.functional.cross_entropy(
+        disc(torch.cat([f_s, f_t])), torch.tensor([0, 0, 0, 1, 1]), reduction="none")
+    w = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.0])
+    loss, _ = DomainAdversarialLoss(disc)(f_s, f_t, 1.0, weights=w)
+    assert loss.item() == pytest.approx(((per_sample * w).sum() / w.sum()).item())

@@ -23,9 +23,11 @@ def test_every_method_runs_and_writes_results(tmp_path: Path, method: str):
     record = run_in_process(tmp_path, f"method={method}", *FAST)
     assert record["status"] == "completed"
     assert record["choices"]["method"] == method
-    assert all(0 <= record["metrics"][k] <= 1 for k in ("source_acc", "target_acc"))
+    assert record["steps"] == record["history"][-1]["step"] > 0
     tags = scalar_tags(tmp_path)
-    assert {"val/source_acc", "val/target_acc", "val/source_val_acc"} <= set(tags)
+    for name, value in record["metrics"].items():
+        assert value == record["history"][-1][name]
+        assert tags[f"val/{name}"][-1] == pytest.approx(value)
 
 
 def test_source_only_learns_the_tiny_source_domain(tmp_path: Path):
@@ -37,8 +39,7 @@ def test_dann_logs_lambda_domain_loss_and_domain_accuracy(tmp_path: Path):
     run_in_process(tmp_path, "method=dann", *FAST)
     tags = scalar_tags(tmp_path)
     assert tags["dann/lambda"][0] == 0.0 and tags["dann/lambda"][-1] > 0.5
-    assert len(tags["loss/domain"]) == 8
-    assert all(0 <= a <= 1 for a in tags["dann/domain_acc"])
+    assert len(tags["loss/domain"]) == 8 and len(tags["dann/domain_acc"]) == 8
 
 
 def _trainer() -> TrainerConfig:

@@ -1,0 +1,130 @@
+"""Apply deliberate bugs, one at a time, to a copy of the project and check a test catches each.
+
+    python scripts/deliberate_bugs.py            # every bug below
+    python scripts/deliberate_bugs.py dann-no-reversal adda-no-init   # some of them
+    python scripts/deliberate_bugs.py --list
+
+Each bug is a one-place text substitution (the exact "old" text must occur once, so a bug
+that no longer applies after a refactor is reported, not silently skipped) and the test files
+expected to catch it. A bug survives when those tests still pass: then the suite does not
+guard that behaviour. Exit status 1 if any bug survives or no longer applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+BUGS = [
+    Bug("dann-no-reversal", "DANN's gradient reversal removed",
+        "src/transferlab/losses/adversarial.py",
+        "self.discriminator(grad_reverse(torch.cat([source, target]), coeff))",
+        "self.discriminator(torch.cat([source, target]))",
+        ("tests/test_algorithms.py", "tests/test_losses.py")),
+    Bug("reversal-sign", "the reversed gradient's sign flipped back",
+        "src/transferlab/nn/gradient_reversal.py", "return grad.neg() * ctx.coeff, None",
+        "return grad * ctx.coeff, None", ("tests/test_algorithms.py", "tests/test_nn.py")),
+    Bug("reversal-scale", "the reversed gradient ignores λ",
+        "src/transferlab/nn/gradient_reversal.py", "return grad.neg() * ctx.coeff, None",
+        "return grad.neg(), None", ("tests/test_algorithms.py", "tests/test_nn.py")),
+    Bug("dann-constant-lambda", "DANN uses λ_max from the first step (no schedule)",
+        "src/transferlab/methods/dann.py",
+        "lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)",
+        "lam = self.lambda_max", ("tests/test_algorithms.py",)),
+    Bug("adda-no-init", "ADDA's target encoder not initialised from the source encoder",
+        "src/transferlab/methods/adda.py",
+        "self.target_encoder.load_state_dict(self.network.encoder.state_dict())", "pass",
+        ("tests/test_algorithms.py",)),
+    Bug("adda-source-classifies-target", "ADDA classifies target images with the source "
+        "encoder", "src/transferlab/methods/adda.py",
+        'if domain == "target" and self.adapting:', "if False:",
+        ("tests/test_algorithms.py",)),
+    Bug("source-val-not-held-out", "the source validation split not held out of training",
+        "src/transferlab/data/domain.py",
+        "return replace(domain, train=domain.train.subset(train)), domain.train.subset(val)",
+        "return domain, domain.train.subset(val)", ("tests/test_seams.py",)),
+    Bug("target-labels-unmasked", "target labels not masked before adaptation",
+        "src/transferlab/train.py",
+        "method.stages(pair.training_view(method.uses_target_labels))",
+        "method.stages(pair.training_view(True))", ("tests/test_algorithms.py",)),
+    Bug("no-lr-annealing", "learning-rate annealing turned off", "src/transferlab/train.py",
+        "factor = method.lr_factor if stage.anneal_lr else (lambda p: 1.0)",
+        "factor = lambda p: 1.0", ("tests/test_algorithms.py",)),
+    Bug("dann-reads-source-as-target", "DANN's target stream reads the source split",
+        "src/transferlab/methods/dann.py",
+        'data = {"source": view.source, "target": view.target}',
+        'data = {"source": view.source, "target": view.source}',
+        ("tests/test_algorithms.py",)),
+    Bug("stream-not-shuffled", "the batch stream never shuffles",
+        "src/transferlab/data/domain.py",
+        "fresh = torch.randperm(len(self.split), generator=self.generator)",
+        "fresh = torch.arange(len(self.split))", ("tests/test_algorithms.py",)),
+    Bug("resume-forgets-optimizers", "resume does not restore the optimizers' state",
+        "src/transferlab/train.py", "    for key, items in parts.items():\n        for item,",
+        "    for key, items in parts.items():\n        if key == 'optimizers':\n"
+        "            continue\n        for item,", ("tests/test_algorithms.py",)),
+    Bug("evaluator-sees-all-labels", "evaluators get labels they did not declare",
+        "src/transferlab/evaluation/base.py",
+        "computed[s].labels if domain_of(s) == e.labels else None", "computed[s].labels",
+        ("tests/test_seams.py",)),
+]
+
+
+def run(bug: Bug) -> str:
+    """'caught', 'SURVIVED' or 'does not apply'."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "project"
+        for part in ("src", "conf", "tests", "pyproject.toml"):
+            source = ROOT / part
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, copy / part)
+        target = copy / bug.path
+        text = target.read_text()
+        if text.count(bug.old) != 1:
+            return "does not apply"
+        target.write_text(text.replace(bug.old, bug.new))
+        env = {**os.environ, "PYTHONPATH": str(copy / "src")}
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                                 "no:cacheprovider", *bug.tests], cwd=copy, env=env,
+                                capture_output=True, text=True)
+        return "SURVIVED" if result.returncode == 0 else "caught"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="bugs to try (default: all)")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    chosen = [b for b in BUGS if not args.names or b.name in args.names]
+    if args.list:
+        for bug in chosen:
+            print(f"{bug.name:<32}{bug.what}")
+        return 0
+    failed = 0
+    for bug in chosen:
+        outcome = run(bug)
+        failed += outcome != "caught"
+        print(f"{bug.name:<32}{outcome:<16}{bug.what} ({', '.join(bug.tests)})", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
