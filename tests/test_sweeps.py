@@ -109,7 +109,9 @@ def test_failed_jobs_are_recorded_reported_and_do_not_stop_the_others(tmp_path: 
     assert "3 of 4 jobs failed" in result.stderr
     assert "data.source.style=bogus data.source_val_size=100)" in result.stderr
     assert "ValueError: unknown tiny style 'bogus'" in result.stderr
-    assert "Traceback" in result.stdout  # the bug's traceback, in the log
+    bug_log = (out / next(n for n, r in jobs.items() if r["config"]["data"]["source"]["style"]
+                          == "bogus") / "transferlab.log").read_text()
+    assert "Traceback" in bug_log and "unknown tiny style 'bogus'" in bug_log  # in the job's log
 
     summarize.main([str(out), "--no-plot"])
     printed = capsys.readouterr().out
