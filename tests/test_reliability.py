@@ -29,7 +29,7 @@ from transferlab.data.mnistm import extract_photos
 from transferlab.errors import DataError, UserError
 from transferlab.memory import step_memory
 from transferlab.overrides import check_keys
-from transferlab.run_folder import write_json
+from transferlab.run_folder import FolderInUse, RunFolder, status_of, write_json
 
 RUN = (*TINY_FAST, "trainer.steps=30", "trainer.eval_every=10", "trainer.checkpoint_every=10",
        "method=dann", "trainer.num_threads=1")
@@ -434,6 +434,19 @@ def test_one_process_per_run_folder_and_a_killed_run_is_listed_incomplete(tmp_pa
     # config is allowed here: the killed run left no checkpoint to resume).
     run_cli(*TINY_FAST, "trainer.steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert summarize.load_runs(tmp_path / "runs")[0].status == "completed"
+
+
+def test_the_lock_keeps_a_second_owner_out_and_tells_running_from_incomplete(tmp_path: Path):
+    write_json(tmp_path / "results.json", {"status": "running"})
+    assert status_of(tmp_path, {"status": "running"}) == "incomplete"  # nobody holds it
+    with RunFolder(tmp_path, {"config": {}}):
+        assert status_of(tmp_path, {"status": "running"}) == "running"
+        with pytest.raises(FolderInUse, match=f"in use by process {os.getpid()};"), \
+                RunFolder(tmp_path, {"config": {}}):
+            pass
+    assert status_of(tmp_path, {"status": "running"}) == "incomplete"
+    with RunFolder(tmp_path, {"config": {}}):  # released: the next owner gets it
+        pass
 
 
 def test_submitit_requeues_a_job_stopped_by_its_time_limit_signal(tmp_path: Path,
