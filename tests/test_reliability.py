@@ -30,6 +30,7 @@ from transferlab.errors import DataError, UserError
 from transferlab.memory import step_memory
 from transferlab.overrides import check_keys
 from transferlab.run_folder import FolderInUse, RunFolder, status_of, write_json
+from transferlab.stops import Interrupted, graceful_stops
 
 RUN = (*TINY_FAST, "trainer.steps=30", "trainer.eval_every=10", "trainer.checkpoint_every=10",
        "method=dann", "trainer.num_threads=1")
@@ -434,6 +435,17 @@ def test_one_process_per_run_folder_and_a_killed_run_is_listed_incomplete(tmp_pa
     # config is allowed here: the killed run left no checkpoint to resume).
     run_cli(*TINY_FAST, "trainer.steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert summarize.load_runs(tmp_path / "runs")[0].status == "completed"
+
+
+def test_a_second_stop_signal_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with graceful_stops() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGTERM"  # the first only asks
+        with pytest.raises(Interrupted, match="stopped at once by a second SIGUSR1"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_the_lock_keeps_a_second_owner_out_and_tells_running_from_incomplete(tmp_path: Path):

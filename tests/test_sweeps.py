@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_FAST, run_cli
 from helpers import run_in_process
 from transferlab import summarize, sweeps
+from transferlab.run_folder import write_json
 
 SWEEP = (*TINY_FAST, "trainer.steps=4")
 METRICS = ("source_acc", "target_acc", "source_val_acc")
@@ -163,3 +166,13 @@ def test_each_run_writes_hparams_into_its_own_tensorboard_folder(tmp_path: Path)
     for metric in METRICS:
         [event] = acc.Scalars(f"hparams/{metric}")
         assert event.value == pytest.approx(record["metrics"][metric])
+
+
+def test_a_refused_rerun_is_reported_while_the_job_keeps_its_record(tmp_path: Path):
+    job = tmp_path / "0"
+    job.mkdir()
+    write_json(job / "results.json", {"status": "completed"})
+    os.utime(job / "results.json", (1, 1))  # written by an earlier sweep
+    write_json(job / "refused.json", {"status": "refused", "error": "UserError: changed"})
+    [found] = sweeps.sweep_jobs(tmp_path, since=time.time() - 60)
+    assert (found["status"], found["error"]) == ("refused", "UserError: changed")
