@@ -1,3 +1,5 @@
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,21 @@ def test_missing_photos_error_names_the_folder(tmp_path: Path):
     make_mnist(tmp_path)
     with pytest.raises(DataError, match=r"BSDS500/data/images/train"):
         load_mnistm(DataContext(tmp_path, False, tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "empty", "sidecar"])
+def test_a_damaged_cache_file_is_named_and_rebuilt(data_root: Path, tmp_path: Path, caplog,
+                                                   damage):
+    ctx = DataContext(data_root, False, tmp_path / "cache")
+    good = load_mnistm(ctx)
+    (cache,) = (tmp_path / "cache" / "MNIST-M").glob("*.pt")
+    damaged = cache.with_suffix(".json") if damage == "sidecar" else cache
+    damaged.write_bytes(b"" if damage == "empty" else os.urandom(4096))
+    with caplog.at_level(logging.WARNING, logger="transferlab.data.mnistm"):
+        rebuilt = load_mnistm(ctx)
+    assert torch.equal(good.train.images, rebuilt.train.images)
+    assert f"MNIST-M cache damaged ({damaged}" in caplog.text and "rebuilding it" in caplog.text
+    assert "weights_only" not in caplog.text
+    caplog.clear()
+    load_mnistm(ctx)  # the rebuilt cache is whole again
+    assert "damaged" not in caplog.text

@@ -1,10 +1,15 @@
-"""Resume, atomic writes, Ctrl-C, NaN stops, safe loading and reproducibility."""
+"""Resume, atomic writes, graceful stops (Ctrl-C, SIGTERM, SIGUSR1, submitit's requeue), one
+owner per run folder, records that survive kills and refused reruns, damaged files, NaN stops,
+safe loading, bad input, and reproducibility."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,17 +22,22 @@ import torch
 
 from conftest import ROOT, TINY_FAST, run_cli
 from helpers import run_in_process
-from transferlab.checkpoint import load_safely, save_atomic
-from transferlab.cli import write_json
+from transferlab import summarize
+from transferlab.checkpoint import Checkpointer, load_safely, save_atomic
+from transferlab.cli import CONFIG_DIR
 from transferlab.data.mnistm import extract_photos
 from transferlab.errors import DataError, UserError
+from transferlab.memory import step_memory
+from transferlab.overrides import check_keys
+from transferlab.run_folder import FolderInUse, RunFolder, status_of, write_json
+from transferlab.stops import Interrupted, graceful_stops
 
 RUN = (*TINY_FAST, "trainer.steps=30", "trainer.eval_every=10", "trainer.checkpoint_every=10",
-       "method=dann")
+       "method=dann", "trainer.num_threads=1")
 
-# Runs the real CLI in a child process that SIGKILLs itself at a chosen point: after the
-# update of step KILL_STEP (before that step's checkpoint), or halfway through writing the
-# checkpoint of step KILL_SAVE.
+# Runs the real CLI in a child process that sends itself a signal (KILL_SIGNAL, SIGKILL by
+# default) at a chosen point: after the update of step KILL_STEP (before that step's
+# checkpoint), or halfway through writing the checkpoint of step KILL_SAVE.
 KILLER = """
 import os, signal, sys
 import torch
@@ -36,12 +46,13 @@ import transferlab.train as train
 
 kill_step = int(os.environ.get("KILL_STEP", 0))
 kill_save = int(os.environ.get("KILL_SAVE", 0))
+kill_signal = int(os.environ.get("KILL_SIGNAL", signal.SIGKILL))
 update = train.FiniteCheck.update
 
 def update_then_die(self, scalars, step):
     update(self, scalars, step)
     if step == kill_step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), kill_signal)
 
 real_save = torch.save
 
@@ -96,7 +107,10 @@ def test_killed_run_resumes_to_identical_results(tmp_path: Path, uninterrupted: 
     assert _metrics(run_dir) == _metrics(uninterrupted)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                         (signal.SIGUSR1, 138)], ids=["INT", "TERM", "USR1"])
+def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path, signum, code):
+    """Ctrl-C, `kill` (what Slurm and `docker stop` send) and SIGUSR1, sent from outside."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = [*TINY_FAST, "trainer.steps=100000", "trainer.eval_every=100000",
@@ -107,13 +121,15 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path):
     while not (run_dir / "tb").exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)  # let it take some steps
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert f"hydra.run.dir={run_dir}" in stderr
     step = load_safely(run_dir / "checkpoints" / "last.pt")["step"]
     assert 0 < step < 100000
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "interrupted"
+    assert f"stopped by {signal.Signals(signum).name} at step {step}" in record["error"]
 
 
 def test_nan_loss_stops_with_step_name_and_keeps_last_good_checkpoint(tmp_path: Path):
@@ -279,3 +295,306 @@ def test_resume_ignores_operational_keys_but_refuses_a_changed_experiment(tmp_pa
     assert again["metrics"] == first["metrics"]
     with pytest.raises(UserError, match=r"trainer\.steps: 6 → 8"):
         run_in_process(tmp_path, "trainer.steps=8")
+
+
+# --- Graceful stops, resume bookkeeping, refused reruns ---------------------------------------
+
+
+def _events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run as (step, value) points, purged events left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A run sent SIGTERM (what `kill`, Slurm and `docker stop` send) during step 15; its
+    periodic checkpoints are at steps 10 and 20."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    result = _child(tmp, tmp / "run", KILL_STEP="15", KILL_SIGNAL=str(int(signal.SIGTERM)))
+    return tmp / "run", result
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_records_interrupted(stopped):
+    run_dir, result = stopped
+    assert result.returncode == 143, result.stderr
+    assert "stopped by SIGTERM at step 15" in result.stderr
+    assert f"rerun the same command with hydra.run.dir={run_dir}" in result.stderr
+    assert load_safely(run_dir / "checkpoints" / "last.pt")["step"] == 15  # not 10: saved now
+    assert load_safely(run_dir / "checkpoints" / "previous.pt")["step"] == 10
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+    assert [h["step"] for h in record["history"]] == [10]
+
+
+def test_a_stopped_run_resumes_to_identical_results_and_keeps_the_books(
+        stopped, uninterrupted: Path, tmp_path: Path):
+    run_dir = _copy(stopped[0], tmp_path)
+    resumed = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert "at step 15" in resumed.stdout
+    assert _metrics(run_dir) == _metrics(uninterrupted)
+    # TensorBoard: the points of the checkpoint's own step (15) survive the purge, and none of
+    # the cut-short run's later ones do: the curves are those of the uninterrupted run.
+    assert _events(run_dir) == _events(uninterrupted)
+    record = json.loads((run_dir / "results.json").read_text())
+    first, second = record["invocations"]
+    assert record["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"],
+                                                  abs=0.002)
+    assert first["wall_time_s"] > 0 and second["wall_time_s"] > 0
+    assert record["overrides"] == first["overrides"] == list(RUN)  # Hydra's keys aside
+
+
+@pytest.mark.parametrize("case", ["changed-key", "damaged-checkpoint"])
+def test_a_refused_rerun_leaves_the_record_byte_for_byte(stopped, tmp_path: Path, case):
+    run_dir = _copy(stopped[0], tmp_path)
+    before = (run_dir / "results.json").read_bytes()
+    last = run_dir / "checkpoints" / "last.pt"
+    overrides = list(RUN)
+    if case == "changed-key":
+        overrides[overrides.index("trainer.steps=30")] = "trainer.steps=40"
+    else:
+        last.write_bytes(os.urandom(4096))
+    result = run_cli(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    if case == "changed-key":
+        assert "was made with a different config (trainer.steps: 30 → 40)" in line
+        assert "trainer.steps=30" in line and str(run_dir / "results.json") in line
+    else:
+        assert f"{last} is damaged: it is not a PyTorch file" in line
+        # the choice it leaves: start over, or the previous good checkpoint
+        assert f"delete {run_dir / 'checkpoints'} to start over" in line
+        assert f"previous checkpoint (step 10): mv {last.with_name('previous.pt')} {last}" \
+            in line
+        assert "weights_only" not in line
+    assert (run_dir / "results.json").read_bytes() == before
+    assert json.loads((run_dir / "refused.json").read_text())["error"].endswith(
+        line.removeprefix("error: "))
+
+
+@pytest.mark.parametrize("case", ["same", "changed-key"])
+def test_a_completed_run_is_never_rewritten(uninterrupted: Path, tmp_path: Path, case):
+    run_dir = _copy(uninterrupted, tmp_path)
+    before = (run_dir / "results.json").read_bytes()
+    # never read again either: a damaged last checkpoint changes nothing
+    (run_dir / "checkpoints" / "last.pt").write_bytes(os.urandom(4096))
+    overrides = [*RUN, "trainer.steps=40"] if case == "changed-key" else RUN
+    result = run_cli(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
+    if case == "changed-key":
+        assert result.returncode == 2
+        assert "holds a completed run with a different config (trainer.steps: 30 → 40)" \
+            in result.stderr
+    else:  # it only reports again
+        assert result.returncode == 0 and "completed earlier, at step 30" in result.stdout
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_one_process_per_run_folder_and_a_killed_run_is_listed_incomplete(tmp_path: Path,
+                                                                          capsys):
+    run_dir = tmp_path / "runs" / "run"
+    args = [*TINY_FAST, "trainer.steps=100000", "trainer.eval_every=3",
+            "trainer.checkpoint_every=100000", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    first = subprocess.Popen([sys.executable, "-m", "transferlab", *args], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        record: dict = {}
+        while not record.get("history") and time.time() < deadline:
+            time.sleep(0.2)
+            with contextlib.suppress(OSError, ValueError):  # not written yet
+                record = json.loads((run_dir / "results.json").read_text())
+        assert record["status"] == "running"  # a record from the start, with the history
+        second = run_cli(*args, cwd=tmp_path, check=False)
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"error: run folder {run_dir} is in use by process "
+                                         f"{first.pid}; wait for it to end, or use another "
+                                         "hydra.run.dir")
+        assert not (run_dir / "refused.json").exists()  # the owner's folder is left alone
+        [run] = summarize.load_runs(tmp_path / "runs")
+        assert run.status == "running"  # its lock is held
+    finally:
+        first.kill()  # SIGKILL: no handler runs, nothing more is written
+        first.wait(timeout=60)
+    summarize.main([str(tmp_path / "runs"), "--no-plot"])
+    printed = capsys.readouterr().out
+    assert "1 runs did not complete" in printed
+    last = json.loads((run_dir / "results.json").read_text())["history"][-1]
+    assert (f"run (source_only, seed 0): incomplete: the process ended without recording why "
+            f"(killed?); last evaluation at step {last['step']}: source_acc "
+            f"{last['source_acc']:.4f}") in printed
+    # The kernel released the lock: another process may take the folder over (a different
+    # config is allowed here: the killed run left no checkpoint to resume).
+    run_cli(*TINY_FAST, "trainer.steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert summarize.load_runs(tmp_path / "runs")[0].status == "completed"
+
+
+def test_a_second_stop_signal_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with graceful_stops() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGTERM"  # the first only asks
+        with pytest.raises(Interrupted, match="stopped at once by a second SIGUSR1"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_lock_keeps_a_second_owner_out_and_tells_running_from_incomplete(tmp_path: Path):
+    write_json(tmp_path / "results.json", {"status": "running"})
+    assert status_of(tmp_path, {"status": "running"}) == "incomplete"  # nobody holds it
+    with RunFolder(tmp_path, {"config": {}}):
+        assert status_of(tmp_path, {"status": "running"}) == "running"
+        with pytest.raises(FolderInUse, match=f"in use by process {os.getpid()};"), \
+                RunFolder(tmp_path, {"config": {}}):
+            pass
+    assert status_of(tmp_path, {"status": "running"}) == "incomplete"
+    with RunFolder(tmp_path, {"config": {}}):  # released: the next owner gets it
+        pass
+
+
+def test_submitit_requeues_a_job_stopped_by_its_time_limit_signal(tmp_path: Path,
+                                                                  uninterrupted: Path):
+    """submitit's local executor (the `slurm` launcher's code path) with the signal it sends
+    before a time limit, SIGUSR2, delivered at step 15 of the job's first attempt: the job
+    saves a checkpoint, submitit requeues it, and the second attempt finishes the run."""
+    out = tmp_path / "multirun"
+    marker = tmp_path / "signalled"
+    stop = "+hydra.callbacks.stop"
+    result = run_cli("-m", "hydra/launcher=slurm_local", *RUN, f"hydra.sweep.dir={out}",
+                     f"{stop}._target_=signal_at_step.SignalAtStep", f"{stop}.step=15",
+                     f"{stop}.signal={int(signal.SIGUSR2)}", f"{stop}.marker={marker}",
+                     cwd=tmp_path, env={"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"})
+    assert marker.exists() and "1 jobs completed" in result.stdout
+    record = json.loads((out / "0" / "results.json").read_text())
+    assert record["status"] == "completed" and len(record["invocations"]) == 2
+    assert _metrics(out / "0") == _metrics(uninterrupted)
+    logs = "".join(p.read_text() for p in (out / ".submitit").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
+
+
+# --- Damaged files, and the smaller ones -------------------------------------------------------
+
+
+def test_a_damaged_checkpoint_is_named_with_the_choices_it_leaves(tmp_path: Path):
+    checkpointer = Checkpointer(tmp_path / "checkpoints", 1, {"seed": 0})
+    checkpointer.save({"step": 1})
+    checkpointer.save({"step": 2})
+    assert checkpointer.load()["step"] == 2
+    last, previous = checkpointer.path, checkpointer.previous
+    good = last.read_bytes()
+    for damage, problem in [(os.urandom(4096), "not a PyTorch file"), (b"", "empty (0 bytes)"),
+                            (good[: len(good) // 2], "is damaged")]:
+        last.write_bytes(damage)
+        with pytest.raises(UserError) as raised:
+            checkpointer.load()
+        message = str(raised.value)
+        assert message.startswith(f"{last} ") and problem in message
+        assert f"resume from the previous checkpoint (step 1): mv {previous} {last}" in message
+        assert "weights_only" not in message
+    previous.write_bytes(b"")  # no good previous checkpoint: starting over is the choice
+    with pytest.raises(UserError, match=f"; delete {tmp_path / 'checkpoints'} to start over$"):
+        checkpointer.load()
+
+
+def test_nan_stop_before_any_checkpoint_says_none_was_written(tmp_path: Path):
+    with pytest.raises(UserError, match=r"no checkpoint was written yet$"):
+        run_in_process(tmp_path, "trainer.steps=50", "trainer.eval_every=5",
+                       "trainer.checkpoint_every=0", "trainer.optimizer.lr=1e6")
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+
+
+def test_step_memory_counts_layer_outputs_their_gradients_and_the_input():
+    network = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    # per sample: outputs 3 + 3 floats (24 bytes), as much again for gradients, 4-float input
+    assert step_memory(network, torch.zeros(1, 4), batch_size=10) == 10 * (2 * 24 + 16)
+
+
+def test_a_batch_that_cannot_fit_stops_with_a_message_and_a_record(tmp_path: Path):
+    with pytest.raises(UserError, match=r"trainer\.batch_size=10000000 needs at least [\d.]+ "
+                                        r"GiB for one training step but [\d.]+ GiB is available"):
+        run_in_process(tmp_path, "trainer.batch_size=10000000", "trainer.steps=2")
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["status"] == "failed" and "batch_size=10000000" in record["error"]
+
+
+def test_a_misspelt_key_is_one_line_naming_the_closest(tmp_path: Path):
+    result = run_cli(*TINY_FAST, "trainer.stpes=5", f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: trainer.stpes is not a config key; did you mean "
+                                     "trainer.steps?")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["+method.lr_mult={network.encoder:0.1}"],       # a Method argument no YAML sets
+    ["-m", "method=dann,adda", "method.lambda_gamma=5,10"],  # a key of one of the choices
+    ["trainer.optimizer._target_=torch.optim.Adam", "+trainer.optimizer.betas=[0.5,0.9]"],
+    ["+evaluation.evaluators.val={_target_:transferlab.evaluation.Accuracy,split:source_val}"],
+    ["hydra.run.dir=x", "+hydra.job.env_set.A=1", "experiment=mnist_mnistm"],
+    ["++trainer.steps=3", "~data.image_size"],
+])
+def test_real_keys_and_target_parameters_pass_the_key_check(overrides):
+    check_keys(overrides, CONFIG_DIR)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+trainer.stpes=5"], "trainer.stpes is not a config key; did you mean trainer.steps?"),
+    (["+method.lr_mul={a:1}"], "method.lr_mul is not a config key; did you mean method.lr_mult?"),
+    (["+trainer.optimizer.betas=[0.5,0.9]"], "trainer.optimizer.betas is not a config key"),
+    (["method.lr_mult={a:1}"], "method.lr_mult is not in the config, but its target takes it: "
+                               "add it with +method.lr_mult=..."),
+    (["+trainer.steps=3"], "+trainer.steps: trainer.steps is already in the config; set it "
+                           "without the +"),
+    (["method=dann", "method.lambda_gama=3"], "did you mean method.lambda_gamma?"),
+])
+def test_unknown_keys_are_refused(overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_keys(overrides, CONFIG_DIR)
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli(*TINY_FAST, f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write the run folder {blocker / 'run'}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_a_read_only_run_folder_is_one_line(tmp_path: Path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    result = run_cli(*TINY_FAST, f"hydra.run.dir={folder / 'run'}", cwd=tmp_path, check=False)
+    folder.chmod(0o755)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: cannot write the run folder {folder}")
+
+
+def test_help_into_a_closed_pipe_ends_quietly(tmp_path: Path):
+    """`transferlab --help | head`: the reader is gone before the help is written."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "transferlab", "--help"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_version_is_transferlabs(tmp_path: Path):
+    import transferlab
+
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.stdout.startswith(f"transferlab {transferlab.__version__} (hydra-core ")

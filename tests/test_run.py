@@ -33,6 +33,10 @@ def test_short_run_writes_results_tensorboard_and_table(tmp_path: Path):
     assert "tiny-grey → tiny-colour" in table
     assert any(line.split()[:2] == ["target_acc", f"{record['metrics']['target_acc']:.4f}"]
                for line in table)
+    # the folder at the start and at the end; the job log holds what the console showed
+    assert table[0] == table[-1] == f"run folder: {out}"
+    log = (out / "transferlab.log").read_text()
+    assert all(line in log for line in table)
 
 
 def test_missing_data_is_a_one_line_error_naming_the_path(tmp_path: Path):
@@ -45,6 +49,7 @@ def test_missing_data_is_a_one_line_error_naming_the_path(tmp_path: Path):
     assert str(empty / "MNIST" / "raw") in lines[0] and "data.download=true" in lines[0]
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert record["status"] == "failed" and "MNIST not found" in record["error"]
+    assert lines[0] in (tmp_path / "run" / "transferlab.log").read_text()
 
 
 def test_missing_photos_is_a_one_line_error(tmp_path: Path):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_FAST, run_cli
 from helpers import run_in_process
 from transferlab import summarize, sweeps
+from transferlab.run_folder import write_json
 
 SWEEP = (*TINY_FAST, "trainer.steps=4")
 METRICS = ("source_acc", "target_acc", "source_val_acc")
@@ -109,7 +112,9 @@ def test_failed_jobs_are_recorded_reported_and_do_not_stop_the_others(tmp_path: 
     assert "3 of 4 jobs failed" in result.stderr
     assert "data.source.style=bogus data.source_val_size=100)" in result.stderr
     assert "ValueError: unknown tiny style 'bogus'" in result.stderr
-    assert "Traceback" in result.stdout  # the bug's traceback, in the log
+    bug_log = (out / next(n for n, r in jobs.items() if r["config"]["data"]["source"]["style"]
+                          == "bogus") / "transferlab.log").read_text()
+    assert "Traceback" in bug_log and "unknown tiny style 'bogus'" in bug_log  # in the job's log
 
     summarize.main([str(out), "--no-plot"])
     printed = capsys.readouterr().out
@@ -161,3 +166,13 @@ def test_each_run_writes_hparams_into_its_own_tensorboard_folder(tmp_path: Path)
     for metric in METRICS:
         [event] = acc.Scalars(f"hparams/{metric}")
         assert event.value == pytest.approx(record["metrics"][metric])
+
+
+def test_a_refused_rerun_is_reported_while_the_job_keeps_its_record(tmp_path: Path):
+    job = tmp_path / "0"
+    job.mkdir()
+    write_json(job / "results.json", {"status": "completed"})
+    os.utime(job / "results.json", (1, 1))  # written by an earlier sweep
+    write_json(job / "refused.json", {"status": "refused", "error": "UserError: changed"})
+    [found] = sweeps.sweep_jobs(tmp_path, since=time.time() - 60)
+    assert (found["status"], found["error"]) == ("refused", "UserError: changed")

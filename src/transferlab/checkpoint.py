@@ -2,7 +2,7 @@
 
 A checkpoint holds everything needed to continue a run bit-for-bit on the same machine: the
 method's weights, the current stage's optimizers, schedulers and batch streams, the RNG states
-of torch, numpy and Python, the global step and the evaluation history.
+of torch, numpy and Python, the global step, the evaluation history and the run's config.
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from transferlab.config import what_is_trained
 from transferlab.errors import UserError
 
 LATEST = "last.pt"
+PREVIOUS = "previous.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,35 +46,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(saved, device)
 
 
-def save_atomic(obj: Any, path: Path) -> None:
+def save_atomic(obj: Any, path: Path, previous: Path | None = None) -> None:
     """torch.save to a temporary file, fsync, then rename over `path`: a kill at any moment
-    leaves either the old checkpoint or the new one, never a torn file."""
+    leaves either the old checkpoint or the new one, never a torn file. With `previous`, the
+    old checkpoint is kept there first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+    if previous and path.exists():
+        os.replace(path, previous)
     os.replace(tmp, path)
 
 
 def load_safely(path: Path) -> Any:
-    """Load with `weights_only=True`: tensors and plain containers only, never arbitrary code."""
+    """Load with `weights_only=True`: tensors and plain containers only, never arbitrary code.
+    A damaged or foreign file is a UserError naming it and what is wrong with it."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):  # torch.save's format is a zip archive
+        raise UserError(f"{path} is damaged: it is not a PyTorch file (no zip archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message goes on to advise weights_only=False, i.e. running the file's code.
+        found = re.search(r"GLOBAL (\S+)", str(e))
         raise UserError(f"refusing to load {path}: it holds objects other than tensors and "
-                        f"plain data ({str(e).splitlines()[0]})") from None
+                        f"plain data ({found[1] if found else 'not a transferlab checkpoint'})"
+                        ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"cannot read checkpoint {path} ({e}); delete it to start over") from None
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0]})") from None
 
 
 class Checkpointer:
-    """The run's checkpoint folder. `config` is the resolved run config: a checkpoint made with
-    a different one is not resumed silently."""
+    """The run's checkpoint folder: `last.pt`, and `previous.pt`, the one before it, kept so
+    that a damaged last.pt leaves a checkpoint to resume from. `config` is the resolved run
+    config, saved with each checkpoint so that a resume can check it trains the same."""
 
     def __init__(self, folder: Path, every: int, config: dict[str, Any]) -> None:
+        self.folder = folder
         self.path = folder / LATEST
+        self.previous = folder / PREVIOUS
         self.every = every
         self.config = config
 
@@ -83,16 +99,29 @@ class Checkpointer:
         return self.path.exists()
 
     def load(self) -> dict[str, Any] | None:
+        """The latest checkpoint, None if there is none; a UserError naming a damaged one and
+        the choices it leaves."""
         if not self.path.exists():
+            if self.previous.exists():  # stopped between the two renames of `save`
+                raise UserError(f"{self.path} is missing but {self.previous} exists: "
+                                f"{self._choices()}")
             return None
-        state = load_safely(self.path)
-        then, now = what_is_trained(state.get("config", {})), what_is_trained(self.config)
-        changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
-        if changed:
-            diff = ", ".join(f"{k}: {then.get(k)} → {now.get(k)}" for k in changed[:3])
-            raise UserError(f"{self.path} was made with a different config ({diff}); rerun "
-                            "with the original overrides to resume, or use a new hydra.run.dir")
-        return state
+        try:
+            return load_safely(self.path)
+        except UserError as e:
+            raise UserError(f"{e}; {self._choices()}") from None
+
+    def _choices(self) -> str:
+        start_over = f"delete {self.folder} to start over"
+        try:
+            step = load_safely(self.previous)["step"] if self.previous.exists() else None
+        except UserError:
+            step = None
+        if step is None:
+            return start_over
+        return f"{start_over}, or resume from the previous checkpoint (step {step}): " \
+               f"mv {self.previous} {self.path}"
 
     def save(self, state: dict[str, Any]) -> None:
-        save_atomic({**state, "config": self.config, "rng": rng_state()}, self.path)
+        save_atomic({**state, "config": self.config, "rng": rng_state()}, self.path,
+                    previous=self.previous)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import random
+import signal
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -23,18 +22,26 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
-from transferlab import sweeps
+from transferlab import stops, sweeps
 from transferlab.checkpoint import Checkpointer
 from transferlab.config import check_choices, register_resolvers, validate
-from transferlab.data.domain import DomainPair
+from transferlab.data.domain import DomainPair, as_input
 from transferlab.errors import UserError, find_user_error
 from transferlab.evaluation import Evaluator
 from transferlab.evaluation.base import REPORTS
 from transferlab.hparams import log_hparams
+from transferlab.memory import check_batch_fits, out_of_memory_explained
 from transferlab.methods.base import Method
+from transferlab.overrides import check_keys
+from transferlab.run_folder import RunFolder, check_writable, output_folder
+from transferlab.stops import graceful_stops
 from transferlab.train import TrainerConfig, fit, training_precision
 
 DEBUG_ENV = "TRANSFERLAB_DEBUG"
+# Hydra's flags that show something and run nothing: no run folder is written.
+SHOW_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
+             "--shell-completion", "-sc"}
+log = logging.getLogger(__name__)
 
 
 def _config_dir() -> str:
@@ -73,13 +80,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def versions() -> dict[str, str]:
     return {"transferlab": transferlab.__version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "python": platform.python_version()}
@@ -104,63 +104,73 @@ def build_evaluators(cfg: DictConfig) -> dict[str, Evaluator]:
 
 def print_table(pair: DomainPair, evaluators: dict[str, Evaluator],
                 metrics: dict[str, float]) -> None:
-    print(f"\n{pair.source.name} → {pair.target.name}")
-    print(f"{'metric':<16}{'value':>9}  {'reads':<24}{'labels':<8}better")
+    lines = [f"\n{pair.source.name} → {pair.target.name}",
+             f"{'metric':<16}{'value':>9}  {'reads':<24}{'labels':<8}better"]
     for name, e in evaluators.items():
-        print(f"{name:<16}{metrics[name]:>9.4f}  {', '.join(e.reads):<24}"
-              f"{e.labels or '—':<8}{'higher' if e.higher_is_better else 'lower'}")
+        lines.append(f"{name:<16}{metrics[name]:>9.4f}  {', '.join(e.reads):<24}"
+                     f"{e.labels or '—':<8}{'higher' if e.higher_is_better else 'lower'}")
+    log.info("\n".join(lines))
 
 
-def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, float]:
-    """Train one configuration; write results.json and TensorBoard events to `out_dir`."""
-    start = time.time()
-    record: dict[str, Any] = {
-        "status": "running", "choices": choices, "seed": cfg.seed,
-        "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions()}
-    results = out_dir / "results.json"
-    try:
+def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
+        overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Train one configuration in `out_dir` (results.json, tb/, checkpoints/), resuming its
+    checkpoint if it has one; a completed run there is only reported again. Who may write
+    there, and when results.json is written: see transferlab.run_folder."""
+    base = {"choices": choices, "seed": cfg.seed,
+            "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions()}
+    with RunFolder(out_dir, base, overrides) as folder, graceful_stops() as stop:
+        log.info(f"run folder: {out_dir}")
+        done = folder.completed()
+        if done:
+            scores = " ".join(f"{k}={v:.4f}" for k, v in done["metrics"].items())
+            log.info(f"completed earlier, at step {done['steps']}: {scores}; its results.json "
+                     "is kept as it is")
+            return done["metrics"]
         validate(cfg)
+        device = resolve_device(cfg.device)
+        trainer = TrainerConfig(**{k: cfg.trainer[k] for k in TrainerConfig.__dataclass_fields__})
+        checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
+                                    base["config"])
+        resume = checkpointer.load()
+        if resume:
+            folder.check_resumable(checkpointer.path, resume["config"])
+            log.info(f"resuming from {checkpointer.path} at step {resume['step']}")
+        folder.begin(resume["history"] if resume else [])
+
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
-        device = resolve_device(cfg.device)
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         pair, method = build(cfg, device)
+        sample = as_input(pair.source.train.images[:1], pair.channels,
+                          method.network.normalization)
+        check_batch_fits(method.network, sample, trainer.batch_size)
         evaluators = build_evaluators(cfg)
-        record.update(uses_target_labels=method.uses_target_labels,
+        folder.update(uses_target_labels=method.uses_target_labels,
                       precision={"train": training_precision(cfg.trainer.precision, device),
                                  "eval": "fp32"},
                       evaluators={n: e.describe() for n, e in evaluators.items()})
-        trainer = TrainerConfig(**{k: cfg.trainer[k] for k in TrainerConfig.__dataclass_fields__})
-        checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
-                                    record["config"])
-        resume = checkpointer.load()
-        if resume:
-            print(f"resuming from {checkpointer.path} at step {resume['step']}")
-        # purge_step drops events logged after the checkpoint by the run that was cut short.
+        # purge_step drops events logged after the checkpoint by the run that was cut short;
+        # those of the checkpoint's own step were logged before it was saved, and stay.
         with SummaryWriter(log_dir=str(out_dir / "tb"),
-                           purge_step=resume["step"] if resume else None) as writer:
-            def log(scalars: dict[str, float], step: int) -> None:
+                           purge_step=resume["step"] + 1 if resume else None) as writer, \
+                out_of_memory_explained(trainer.batch_size):
+            def log_scalars(scalars: dict[str, float], step: int) -> None:
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, step)
 
-            history = fit(method, pair, trainer, cfg.seed, log, evaluators, checkpointer,
-                          resume)
+            history = fit(method, pair, trainer, cfg.seed, log_scalars, evaluators,
+                          checkpointer, resume, stop=stop,
+                          on_evaluation=lambda history: folder.update(history=history))
         metrics = {k: history[-1][k] for k in evaluators}
-        log_hparams(out_dir / "tb", record["config"], choices, metrics)
-        record.update(status="completed", metrics=metrics, history=history,
+        log_hparams(out_dir / "tb", base["config"], choices, metrics)
+        folder.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
                       method=method.results())
         print_table(pair, evaluators, metrics)
+        log.info(f"run folder: {out_dir}")
         return metrics
-    except BaseException as e:
-        cause = find_user_error(e) or e
-        record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                      error=f"{type(cause).__name__}: {cause}")
-        raise
-    finally:
-        record["wall_time_s"] = round(time.time() - start, 3)
-        write_json(results, record)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -168,18 +178,27 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the `objective` metric, which sweepers such as Optuna optimise."""
     hc = HydraConfig.get()
     choices = {g: hc.runtime.choices[g] for g in ("data", "backbone", "method")}
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return float(run(cfg, Path(hc.runtime.output_dir), choices)[cfg.objective])
+        return float(run(cfg, Path(hc.runtime.output_dir), choices,
+                         hc.overrides.task)[cfg.objective])
     except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        if stops.requeues(signum):
+            log.warning(f"{e}; submitit requeues the job")
+            try:
+                stops.hand_over(signum)  # exits here when the job is requeued
+            except Exception as refusal:  # submitit's UncompletedJobError
+                log.error(f"error: not requeued: {refusal}")
         # A sweep resumes as a whole: every job continues from its own checkpoint.
-        again = (f"hydra.sweep.dir={hc.sweep.dir}" if hc.mode == RunMode.MULTIRUN
+        again = (f"hydra.sweep.dir={hc.sweep.dir}" if multirun
                  else f"hydra.run.dir={hc.runtime.output_dir}")
-        print(f"\n{e or 'interrupted'}. To resume, rerun the same command with {again}",
-              file=sys.stderr)
-        sys.exit(130)
+        log.warning(f"\n{e or 'interrupted'}. To resume, rerun the same command with {again}")
+        if multirun and stops.submitit_signal():
+            return None  # one job of a submitit array: the others go on
+        sys.exit(stops.exit_code(signum))
     except Exception as e:
         error = find_user_error(e)
-        multirun = hc.mode == RunMode.MULTIRUN
         if os.environ.get(DEBUG_ENV) or (error is None and not multirun):
             raise
         if multirun:
@@ -188,23 +207,37 @@ def hydra_main(cfg: DictConfig) -> float | None:
             # the other jobs run, Optuna marks the trial failed, and sweeps.SweepReport lists
             # the job at the end. Bugs keep their traceback, in the job's log.
             if error is None:
-                logging.getLogger(__name__).exception("job failed")
-            print(f"error: {hc.runtime.output_dir}: {sweeps.one_line(error or e)}",
-                  file=sys.stderr)
+                log.exception("job failed")
+            log.error(f"error: {hc.runtime.output_dir}: {sweeps.one_line(error or e)}")
             return None
-        print(f"error: {error}", file=sys.stderr)
+        log.error(f"error: {error}")
         sys.exit(2)
 
 
 def main() -> None:
     """Console script. `--debug` (or TRANSFERLAB_DEBUG=1) shows full tracebacks."""
+    if "--version" in sys.argv:  # Hydra's own --version names Hydra's
+        print(f"transferlab {transferlab.__version__} (hydra-core {hydra.__version__}, "
+              f"torch {torch.__version__})")
+        return
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
         os.environ[DEBUG_ENV] = "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         check_choices(sys.argv[1:], CONFIG_DIR)
+        check_keys(sys.argv[1:], CONFIG_DIR)
+        if not any(a.split("=")[0] in SHOW_ONLY for a in sys.argv[1:]):
+            check_writable(output_folder(sys.argv[1:]))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+    try:
+        try:
+            hydra_main()
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # `transferlab --help | head`: the reader has gone; end quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

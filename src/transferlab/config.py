@@ -85,6 +85,14 @@ def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flatten(config).items() if k not in OPERATIONAL_KEYS}
 
 
+def config_changes(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """How two resolved configs differ in what they train ("key: old → new", the first three
+    keys), or "" when they train the same."""
+    a, b = what_is_trained(then), what_is_trained(now)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)} → {b.get(k)}" for k in changed[:3])
+
+
 SCHEMA: dict[str, Rule] = {
     "seed": Rule(int, min=0),
     "device": Rule(str),

@@ -4,7 +4,9 @@ Reads every results.json below DIR, groups the runs that differ only by seed, pr
 and writes summary.csv, summary.md and summary.png (target accuracy per group, with error bars)
 into DIR. Standard deviations are sample standard deviations (ddof=1) over a group's seeds;
 a group of one run has none ("—" in the tables, empty in the CSV, no error bar). Runs that did
-not complete are counted in their group's `failed` column and listed with their error.
+not complete are counted in their group's `failed` column and listed with their error and last
+evaluation; a job that was killed (its results.json still says `running`, but no process holds
+its folder) is listed as `incomplete`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from transferlab.config import OPERATIONAL_KEYS, flatten
 from transferlab.evaluation.base import REPORTS
+from transferlab.run_folder import status_of
 
 CHOICES = ("method", "data", "backbone")
 
@@ -39,6 +42,7 @@ class Run:
     wall_time_s: float | None
     error: str
     precision: str = "fp32"    # of training; CPU-fp32 and GPU-bf16 runs are not one group
+    last: dict[str, Any] = field(default_factory=dict)  # the last evaluation in the history
 
 
 @dataclass
@@ -92,12 +96,13 @@ def load_runs(root: Path) -> list[Run]:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             record = {"status": "unreadable", "error": f"{type(e).__name__}: {e}"}
-        runs.append(Run(path=path.parent, status=record.get("status", "unknown"),
+        runs.append(Run(path=path.parent, status=status_of(path.parent, record),
                         choices=record.get("choices", {}), seed=record.get("seed"),
                         config=record.get("config", {}), metrics=record.get("metrics", {}),
                         wall_time_s=record.get("wall_time_s"),
                         error=" ".join(str(record.get("error", "")).split()),
-                        precision=record.get("precision", {}).get("train", "fp32")))
+                        precision=record.get("precision", {}).get("train", "fp32"),
+                        last=(record.get("history") or [{}])[-1]))
     return runs
 
 
@@ -173,9 +178,25 @@ def format_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def failures(runs: Sequence[Run], root: Path) -> list[str]:
+    """A line per run that did not complete: its status, error and last evaluation. A run
+    killed without a word (SIGKILL, out of memory) is `incomplete`: its record still says
+    `running` but no process holds its folder."""
     return [f"{r.path.relative_to(root)} ({r.choices.get('method', '?')}, seed {r.seed}): "
-            f"{r.status}: {r.error or 'no error recorded'}"
+            f"{r.status}: {r.error or _silent(r.status)}{_last(r.last)}"
             for r in runs if r.status != "completed"]
+
+
+def _silent(status: str) -> str:
+    return {"incomplete": "the process ended without recording why (killed?)",
+            "running": "still running"}.get(status, "no error recorded")
+
+
+def _last(evaluation: dict[str, Any]) -> str:
+    if "step" not in evaluation:
+        return ""
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()
+                       if k not in ("step", "stage", "time_s") and isinstance(v, float))
+    return f"; last evaluation at step {evaluation['step']}: {scores}"
 
 
 def write_csv(path: Path, groups: Sequence[Group], root: Path,

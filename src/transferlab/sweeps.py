@@ -75,23 +75,28 @@ def sweep_jobs(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
     """Every job below `sweep_dir` that a run since `since` (a time.time()) wrote into.
 
     A job is a folder with results.json or Hydra's `.hydra/overrides.yaml`: the latter alone
-    means the job died before `run` could record anything (e.g. a config error).
+    means the job died before `run` could record anything (e.g. a config error). A refused.json
+    newer than results.json is a rerun that was refused (the run's record stays as it was).
     """
-    found = {p.parent for p in sweep_dir.rglob("results.json")}
+    # Here, not at the top: run_folder imports config, which imports this module.
+    from transferlab.run_folder import REFUSED, RESULTS, status_of
+
+    found = {p.parent for p in sweep_dir.rglob(RESULTS)}
     found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs = []
     for job_dir in sorted(found):
-        results = job_dir / "results.json"
-        marker = results if results.is_file() else job_dir / ".hydra" / "overrides.yaml"
-        if marker.stat().st_mtime < since:
+        markers = [p for p in (job_dir / RESULTS, job_dir / REFUSED,
+                               job_dir / ".hydra" / "overrides.yaml") if p.is_file()]
+        newest = max(markers, key=lambda p: p.stat().st_mtime)
+        if newest.stat().st_mtime < since:
             continue
         try:
-            record = json.loads(results.read_text()) if results.is_file() else {
+            record = json.loads(newest.read_text()) if newest.suffix == ".json" else {
                 "status": "failed", "error": "no results.json: the job stopped before training"}
         except (OSError, json.JSONDecodeError) as e:
-            record = {"status": "failed", "error": f"unreadable results.json: {e}"}
+            record = {"status": "failed", "error": f"unreadable {newest.name}: {e}"}
         jobs.append({"dir": job_dir, "overrides": _overrides(job_dir),
-                     "status": record.get("status", "unknown"),
+                     "status": status_of(job_dir, record),
                      "error": one_line(record.get("error", ""))})
     return jobs
 

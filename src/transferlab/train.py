@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +18,7 @@ from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator, evaluate
 from transferlab.methods.base import Method, Stage
+from transferlab.stops import Interrupted, StopRequest
 
 Metrics = dict[str, float]
 Log = Callable[[dict[str, float], int], None]
@@ -46,10 +45,6 @@ def training_precision(precision: str, device: torch.device) -> str:
 
 
 class NonFiniteLoss(UserError):
-    pass
-
-
-class Interrupted(KeyboardInterrupt):
     pass
 
 
@@ -96,30 +91,15 @@ class FiniteCheck:
             raise NonFiniteLoss(f"{name} became NaN or infinite at step {step}; stopped; {kept}")
 
 
-@contextmanager
-def stop_requests() -> Iterator[list[bool]]:
-    """Turn Ctrl-C into a flag the loop checks between steps, so that the checkpoint it then
-    saves is of a consistent state, not of an optimizer step cut in half."""
-    requested = [False]
-
-    def handler(signum: int, frame: Any) -> None:
-        if requested[0]:  # a second Ctrl-C: the user wants out now
-            raise KeyboardInterrupt
-        requested[0] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Log,
         evaluators: Mapping[str, Evaluator], checkpointer: Checkpointer | None = None,
-        resume: dict[str, Any] | None = None) -> list[dict]:
+        resume: dict[str, Any] | None = None, stop: StopRequest | None = None,
+        on_evaluation: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
     evaluation history. `log(scalars, step)` receives losses, learning rates and the
-    evaluators' values (as `val/<name>`)."""
+    evaluators' values (as `val/<name>`); `on_evaluation(history)` the history after each
+    evaluation. Once `stop` is set (by a signal, see transferlab.stops), the loop finishes
+    its step, saves a checkpoint and raises `Interrupted`."""
     stages = method.stages(pair.training_view(method.uses_target_labels))
     total = sum(s.steps for s in stages)
     step, history = (resume["step"], resume["history"]) if resume else (0, [])
@@ -132,9 +112,14 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     normalization = method.network.normalization
     start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
-    bar = tqdm(total=total, initial=step, disable=not cfg.progress_bar, dynamic_ncols=True)
     stage_start = 0
-    with stop_requests() as stop:
+    stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
+
+    def kept() -> str | None:  # the checkpoint a NaN stop leaves, if one was written yet
+        return str(checkpointer.path) if checkpointer and checkpointer.exists() else None
+
+    with tqdm(total=total, initial=step, disable=not cfg.progress_bar,
+              dynamic_ncols=True) as bar:
         for index, stage in enumerate(stages):
             done = min(max(step - stage_start, 0), stage.steps)  # steps of it already run
             stage_start += stage.steps
@@ -168,20 +153,20 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     log(values, step)
                     bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
                 if step % cfg.eval_every == 0 or step == total:
-                    finite.raise_if_bad(str(checkpointer.path) if checkpointer else None)
+                    finite.raise_if_bad(kept())
                     metrics = evaluate(method, pair, evaluators, cfg.eval_batch_size)
                     history.append({"step": step, "stage": stage.name, **metrics,
                                     "time_s": round(time.perf_counter() - start, 2)})
                     log({f"val/{k}": v for k, v in metrics.items()}, step)
-                if checkpointer and (checkpointer.due(step) or step == total or stop[0]):
-                    finite.raise_if_bad(str(checkpointer.path) if checkpointer.exists() else None)
+                    if on_evaluation:
+                        on_evaluation(history)
+                if checkpointer and (checkpointer.due(step) or step == total or stop):
+                    finite.raise_if_bad(kept())
                     checkpointer.save({"step": step, "history": history,
                                        "method": method.state_dict(), **_states(parts)})
-                if stop[0]:
-                    bar.close()
-                    raise Interrupted(f"interrupted at step {step}; checkpoint saved to "
-                                      f"{checkpointer.path if checkpointer else '(none)'}")
-    bar.close()
+                if stop and step < total:
+                    raise Interrupted(f"stopped by {stop.name} at step {step}; checkpoint "
+                                      f"saved to {kept() or '(none)'}", stop.signum)
     if not history:  # zero steps: still report the untrained model
         history.append({"step": 0, "stage": "none", "time_s": 0.0,
                         **evaluate(method, pair, evaluators, cfg.eval_batch_size)})

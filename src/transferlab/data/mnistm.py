@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tarfile
 from pathlib import Path
@@ -18,13 +19,15 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
+from transferlab.checkpoint import load_safely
 from transferlab.data.domain import DataContext, Domain, Split
 from transferlab.data.files import not_found
 from transferlab.data.mnist import load_mnist
-from transferlab.errors import DataError
+from transferlab.errors import DataError, UserError
 
 RECIPE_VERSION = 1
 PHOTOS = Path("BSR/BSDS500/data/images/train")
+log = logging.getLogger(__name__)
 BSDS500_URL = (
     "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"
 )
@@ -111,16 +114,20 @@ def _content_hash(tensors: dict[str, Tensor]) -> str:
 
 def _read_cache(path: Path, fingerprint: str) -> dict[str, Tensor] | None:
     """The cached tensors, or None when absent or damaged (then the caller rebuilds them)."""
+    if not path.exists():
+        return None
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
-        tensors = torch.load(path, weights_only=True)
+        tensors = load_safely(path)
         if meta["fingerprint"] == fingerprint and meta["content"] == _content_hash(tensors):
             return tensors
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError):
-        pass
-    if path.exists():
-        print(f"MNIST-M cache {path} is damaged or stale; rebuilding it")
+        problem = f"{path} does not match the hash in {meta_path}"
+    except UserError as e:
+        problem = str(e)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        problem = f"{meta_path} or its tensors unreadable: {type(e).__name__}: {e}"
+    log.warning(f"MNIST-M cache damaged ({problem}); rebuilding it")
     return None
 
 
