@@ -1,7 +1,7 @@
 PYTHON ?= python
 METHODS := $(shell ls conf/method | sed 's/\.yaml$$//' | paste -sd, -)
 
-.PHONY: install test lint smoke reproduce
+.PHONY: install test lint smoke reproduce analyze-figures
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -38,3 +38,22 @@ reproduce:
 		seed=0,1,2 trainer.progress_bar=false \
 		hydra.sweep.dir=$(REPRODUCE_DIR)/mnist_mnistm-dann20k $(REPRODUCE_ARGS)
 	$(PYTHON) scripts/results.py $(REPRODUCE_DIR) --out docs
+
+# docs/RESULTS.md's "Seeing adaptation": a source-only and a DANN run of 10,000 steps on
+# MNIST→MNIST-M (data under $TRANSFERLAB_DATA), `python -m transferlab.analyze` on both, and
+# copies of their analysis.json, confusion matrices and side-by-side t-SNE in docs/analysis/
+# (scripts/results.py, run by `make reproduce`, reads them). Rerunning reuses finished runs.
+ANALYSIS_DIR ?= multirun/analysis
+ANALYSIS_ARGS ?=
+analyze-figures:
+	for m in source_only dann; do \
+		$(PYTHON) -m transferlab method=$$m data=mnist_mnistm trainer.progress_bar=false \
+			hydra.run.dir=$(ANALYSIS_DIR)/$$m $(ANALYSIS_ARGS) || exit 1; \
+	done
+	$(PYTHON) -m transferlab.analyze $(ANALYSIS_DIR)/source_only $(ANALYSIS_DIR)/dann
+	mkdir -p docs/analysis
+	cp $(ANALYSIS_DIR)/tsne_side_by_side.png docs/analysis/tsne_mnist_mnistm.png
+	for m in source_only dann; do \
+		cp $(ANALYSIS_DIR)/$$m/analysis.json docs/analysis/$$m.json && \
+		cp $(ANALYSIS_DIR)/$$m/confusion.png docs/analysis/confusion_$$m.png || exit 1; \
+	done

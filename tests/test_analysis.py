@@ -131,6 +131,17 @@ def test_load_reproduces_the_runs_final_metrics_exactly(run_dir):
     assert accuracy == record["metrics"]["target_acc"]
 
 
+def test_load_takes_the_config_from_the_checkpoint(run_dir, tmp_path):
+    """A rerun in the folder with other overrides rewrites results.json's config (and fails):
+    the weights still come with the config they were trained with."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    record = results(run)
+    record["config"]["method"] = {"_target_": "transferlab.methods.dann.DANN"}
+    (run / "results.json").write_text(json.dumps(record))
+    assert type(transferlab.load(run)).__name__ == "Supervised"
+
+
 def test_load_uses_the_separate_target_encoder_of_adda(tmp_path):
     record = run_in_process(tmp_path, "method=adda", "trainer.steps=20",
                             "trainer.eval_every=20", "trainer.num_threads=1")

@@ -7,8 +7,10 @@ The measures (library functions; `python -m transferlab.analyze` writes them to 
   tell source from target. As in the DANN paper the classifier is a linear SVM
   (scikit-learn's LinearSVC on standardised inputs); half of each domain's sample trains it,
   with C chosen from `PAD_C` by 3-fold cross-validation on that half, and ε is its balanced
-  error on the other half. 0: the domains are indistinguishable; 2: linearly separable. It
-  is measured on the encoder's features and, for reference, on raw pixels.
+  error on the other half. 0: the domains are indistinguishable (sampling noise can make it
+  slightly negative); 2: linearly separable. It is measured on the encoder's features and,
+  for reference, on raw pixels. (The DANN authors' code instead keeps the C with the lowest
+  error on the held-out half itself, which reads slightly higher.)
 - the confusion matrix of the whole target test split, and per-class target accuracy.
 - t-SNE (openTSNE, seeded) of the encoder features of N source and N target test images.
 
@@ -297,9 +299,11 @@ def analyze_run(run_dir: str | Path, out: str | Path | None = None, samples: int
     drawn = time.perf_counter()
 
     name = read_results(run).get("choices", {}).get("method") or type(method).__name__
+    if run.resolve().name != name:
+        name = f"{name} ({run.resolve().name})"
     summary = m.summary()
     domains = (pair.source.name, pair.target.name)
-    picture = Picture(f"{name} ({run.name}): PAD {summary['proxy_a_distance']:.2f}, "
+    picture = Picture(f"{name}: PAD {summary['proxy_a_distance']:.2f}, "
                       f"target acc {summary['target_acc']:.3f}", points,
                       np.r_[np.zeros(len(m.source), int), np.ones(len(m.target), int)],
                       torch.cat([m.source.labels, m.target.labels]).cpu().numpy())
@@ -307,7 +311,7 @@ def analyze_run(run_dir: str | Path, out: str | Path | None = None, samples: int
     folder.mkdir(parents=True, exist_ok=True)
     plot_tsne([picture], folder / "tsne.png", domains)
     plot_confusion(m.confusion, folder / "confusion.png",
-                   f"{name} ({run.name}): {domains[1]} test, accuracy "
+                   f"{name}: {domains[1]} test, accuracy "
                    f"{summary['target_acc']:.4f}")
     write_confusion_csv(m.confusion, folder / "confusion.csv")
     write_projector(folder / "tb", m, domains, pair.channels, method.step or 0)
