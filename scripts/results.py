@@ -153,10 +153,10 @@ def analysis_section(folder: Path, out: Path) -> list[str]:
              f"`{folder}/`. Proxy A-distance: 2(1 − 2ε), ε the held-out error of a linear "
              "SVM telling source from target (README, section Seeing adaptation).", "",
              "| run | target acc | proxy A-distance, features | proxy A-distance, pixels | "
-             "analyze wall time (s) |", "|---|---|---|---|---|"]
+             "analyze: wall / CPU time (s) |", "|---|---|---|---|---|"]
     lines += [f"| {ANALYZED[m]} | {a['target_acc']:.4f} | {a['proxy_a_distance']:.3f} | "
-              f"{a['proxy_a_distance_pixels']:.3f} | {a['time_s']['total']:.0f} |"
-              for m, a in found.items()]
+              f"{a['proxy_a_distance_pixels']:.3f} | {a['time_s']['total']:.0f} / "
+              f"{a['cpu_s']:.0f} |" for m, a in found.items()]
     if len(found) == len(ANALYZED):
         before, after = (found[m]["proxy_a_distance"] for m in ANALYZED)
         verdict = ("falls" if after < before else "does not fall")
