@@ -151,7 +151,9 @@ def analysis_section(folder: Path, out: Path) -> list[str]:
              "DANN run of 10,000 steps with the default config (seed 0), then `python -m "
              f"transferlab.analyze` on both (N = {n:,} test images per domain), copied to "
              f"`{folder}/`. Proxy A-distance: 2(1 − 2ε), ε the held-out error of a linear "
-             "SVM telling source from target (README, section Seeing adaptation).", "",
+             "SVM telling source from target (README, section Seeing adaptation). analyze's "
+             "wall time grows with the machine's load; its CPU time (all its threads) does "
+             "not.", "",
              "| run | target acc | proxy A-distance, features | proxy A-distance, pixels | "
              "analyze: wall / CPU time (s) |", "|---|---|---|---|---|"]
     lines += [f"| {ANALYZED[m]} | {a['target_acc']:.4f} | {a['proxy_a_distance']:.3f} | "

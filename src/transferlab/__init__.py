@@ -11,7 +11,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _API = ("load", "predict_images", "run_pair", "evaluate_run")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _API:
         from transferlab import api
 
