@@ -176,8 +176,8 @@ def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     reduced = PCA(min(50, *features.shape), random_state=seed).fit_transform(features)
-    # One thread: openTSNE's worker threads spin while they wait, and on a shared CPU two of
-    # them cost 13x the CPU time of one (400 points: 22 s vs 1.7 s, scripts/bench_tsne.py).
+    # One thread: on this project's shared 2-core CPU two threads took twice the CPU time and
+    # twice the wall time of one (scripts/bench_tsne.py).
     # Perplexity at most (N - 1) / 3: openTSNE's limit, reached only by tiny samples.
     perplexity = min(30.0, (len(features) - 1) / 3)
     return np.asarray(open_tsne.TSNE(perplexity=perplexity, random_state=seed, n_jobs=1)
