@@ -1,7 +1,7 @@
 PYTHON ?= python
 METHODS := $(shell ls conf/method | sed 's/\.yaml$$//' | paste -sd, -)
 
-.PHONY: install test lint smoke reproduce gpu-check
+.PHONY: install test lint smoke reproduce analyze-figures gpu-check
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -43,3 +43,22 @@ reproduce:
 # under ten minutes; prints one table. Skipped, with a message, where CUDA is not available.
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py --json docs/gpu_check.json
+
+# docs/RESULTS.md's "Seeing adaptation": a source-only and a DANN run of 10,000 steps on
+# MNIST→MNIST-M (data under $TRANSFERLAB_DATA), `python -m transferlab.analyze` on both, and
+# copies of their analysis.json, confusion matrices and side-by-side t-SNE in docs/analysis/
+# (scripts/results.py, run by `make reproduce`, reads them). Rerunning reuses finished runs.
+ANALYSIS_DIR ?= multirun/analysis
+ANALYSIS_ARGS ?=
+analyze-figures:
+	for m in source_only dann; do \
+		$(PYTHON) -m transferlab method=$$m data=mnist_mnistm trainer.progress_bar=false \
+			hydra.run.dir=$(ANALYSIS_DIR)/$$m $(ANALYSIS_ARGS) || exit 1; \
+	done
+	$(PYTHON) -m transferlab.analyze $(ANALYSIS_DIR)/source_only $(ANALYSIS_DIR)/dann
+	mkdir -p docs/analysis
+	cp $(ANALYSIS_DIR)/tsne_side_by_side.png docs/analysis/tsne_mnist_mnistm.png
+	for m in source_only dann; do \
+		cp $(ANALYSIS_DIR)/$$m/analysis.json docs/analysis/$$m.json && \
+		cp $(ANALYSIS_DIR)/$$m/confusion.png docs/analysis/confusion_$$m.png || exit 1; \
+	done

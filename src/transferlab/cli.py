@@ -87,13 +87,24 @@ def versions() -> dict[str, str]:
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[DomainPair, Method]:
     pair: DomainPair = instantiate(cfg.data).to(device)
-    network = instantiate(cfg.backbone, in_channels=pair.channels,
-                          num_classes=pair.num_classes, image_size=pair.image_size)
-    method: Method = instantiate(
+    return pair, build_method(cfg, model_shape(pair)).to(device,
+                                                          memory_format=torch.channels_last)
+
+
+def build_method(cfg: DictConfig, shape: dict[str, int]) -> Method:
+    """The method and its network, untrained; `shape` is `model_shape(pair)`."""
+    network = instantiate(cfg.backbone, **shape)
+    return instantiate(
         cfg.method, network=network, optimizer=instantiate(cfg.trainer.optimizer),
         steps=cfg.trainer.steps, seed=cfg.seed, lr_alpha=cfg.trainer.lr_schedule.alpha,
         lr_beta=cfg.trainer.lr_schedule.beta)
-    return pair, method.to(device, memory_format=torch.channels_last)
+
+
+def model_shape(pair: DomainPair) -> dict[str, int]:
+    """What building the network needs from the data; recorded so that `transferlab.load`
+    can rebuild a trained model without the data."""
+    return {"in_channels": pair.channels, "num_classes": pair.num_classes,
+            "image_size": pair.image_size}
 
 
 def build_evaluators(cfg: DictConfig) -> dict[str, Evaluator]:
@@ -140,13 +151,17 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
 
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
+        if cfg.analysis.at_end:
+            from transferlab.analysis import require
+
+            require("sklearn")  # now, not after training
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         pair, method = build(cfg, device)
         sample = as_input(pair.source.train.images[:1], pair.channels,
                           method.network.normalization)
         check_batch_fits(method.network, sample, trainer.batch_size)
         evaluators = build_evaluators(cfg)
-        folder.update(uses_target_labels=method.uses_target_labels,
+        folder.update(model=model_shape(pair), uses_target_labels=method.uses_target_labels,
                       precision={"train": training_precision(cfg.trainer.precision, device),
                                  "eval": "fp32"},
                       evaluators={n: e.describe() for n, e in evaluators.items()})
@@ -163,6 +178,11 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
                           checkpointer, resume, stop=stop,
                           on_evaluation=lambda history: folder.update(history=history))
         metrics = {k: history[-1][k] for k in evaluators}
+        if cfg.analysis.at_end:
+            from transferlab.analysis import measure
+
+            folder.update(analysis=measure(method, pair, cfg.analysis.samples, cfg.seed,
+                                           trainer.eval_batch_size).summary())
         log_hparams(out_dir / "tb", base["config"], choices, metrics)
         folder.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),

@@ -66,6 +66,7 @@ class Rule:
 OPERATIONAL_KEYS = frozenset({
     "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
     "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads",
+    "analysis.at_end", "analysis.samples",
 })
 
 
@@ -116,6 +117,8 @@ SCHEMA: dict[str, Rule] = {
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),
     "trainer.lr_schedule.beta": Rule(float, min=0),
+    "analysis.at_end": Rule(bool),
+    "analysis.samples": Rule(int, min=2),
 }
 
 

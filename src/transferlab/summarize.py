@@ -98,12 +98,19 @@ def load_runs(root: Path) -> list[Run]:
             record = {"status": "unreadable", "error": f"{type(e).__name__}: {e}"}
         runs.append(Run(path=path.parent, status=status_of(path.parent, record),
                         choices=record.get("choices", {}), seed=record.get("seed"),
-                        config=record.get("config", {}), metrics=record.get("metrics", {}),
+                        config=record.get("config", {}), metrics=measured(record),
                         wall_time_s=record.get("wall_time_s"),
                         error=" ".join(str(record.get("error", "")).split()),
                         precision=record.get("precision", {}).get("train", "fp32"),
                         last=(record.get("history") or [{}])[-1]))
     return runs
+
+
+def measured(record: dict[str, Any]) -> dict[str, float]:
+    """A run's metrics, and the numbers `analysis.at_end=true` added (proxy A-distances)."""
+    analysis = record.get("analysis", {})
+    return {**record.get("metrics", {}),
+            **{k: v for k, v in analysis.items() if k.startswith("proxy_a_distance")}}
 
 
 def metric_names(runs: Sequence[Run]) -> list[str]:

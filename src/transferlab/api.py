@@ -1,0 +1,188 @@
+"""Trained runs as Python objects, for notebooks and for the `evaluate` and `analyze` commands.
+
+    method = transferlab.load("outputs/2026-11-29/12-00-00")
+    logits = transferlab.predict_images(method, uint8_images)         # (N, classes)
+    pair = transferlab.run_pair(method, ["data=mnist_usps"])           # another pair
+    metrics = transferlab.evaluate_run(method, pair)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor
+
+from transferlab.checkpoint import LATEST, load_safely
+from transferlab.cli import (
+    CONFIG_DIR,
+    build_evaluators,
+    build_method,
+    model_shape,
+    resolve_device,
+)
+from transferlab.config import check_choices
+from transferlab.data.domain import Domain, DomainPair, Split, as_input
+from transferlab.errors import UserError
+from transferlab.evaluation import Evaluator, evaluate
+from transferlab.methods.base import DomainName, Method
+
+# `load(run_dir, checkpoint=...)`: the checkpoint files a run folder may hold.
+CHECKPOINTS = {"last": LATEST, "best": "best.pt"}
+RECORDED = "_recorded_by_run"  # the data group choice that stands for a run's own data config
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """The run's results.json, or {} while the run has not written one yet."""
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> Method:
+    """The trained method of a run folder, in eval mode, on `device`.
+
+    `checkpoint` is "last" (`checkpoints/last.pt`: the end of training, or the latest
+    checkpoint of an unfinished run) or "best" (`checkpoints/best.pt`, if the run kept one).
+    The network is rebuilt from the config stored in the checkpoint itself, the one its weights
+    were trained with (a rerun in the same folder with other overrides rewrites results.json
+    but is refused before it touches the checkpoint), and from the input shape results.json
+    records under `model`, so no data is needed. The returned method also carries `config`
+    (that resolved config, a DictConfig), `model_shape` ({in_channels, num_classes,
+    image_size}) and `step` (the step the checkpoint was saved at).
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist")
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"checkpoint={checkpoint!r} is not valid; valid: "
+                        f"{', '.join(CHECKPOINTS)}")
+    path = run / "checkpoints" / CHECKPOINTS[checkpoint]
+    if not path.exists():
+        hint = (" (runs keep one with trainer.keep_best=true)" if checkpoint == "best"
+                else "; is it a transferlab run folder?")
+        raise UserError(f"{path} not found: {run} has no {checkpoint} checkpoint{hint}")
+    state = load_safely(path)
+    results = read_results(run)
+    config = OmegaConf.create(state.get("config") or results.get("config") or {})
+    if "method" not in config:
+        raise UserError(f"{path} records no config to rebuild the model from")
+    # Runs made before results.json recorded `model` need their data to learn the shape.
+    shape = results.get("model") or model_shape(instantiate(config.data))
+    method = build_method(config, shape)
+    try:
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{path} does not fit the network its config builds: "
+                        f"{str(e).strip().splitlines()[0]}") from None
+    method = method.to(resolve_device(device), memory_format=torch.channels_last).eval()
+    method.config, method.model_shape, method.step = config, shape, state.get("step")
+    return method
+
+
+@torch.inference_mode()
+def predict_images(method: Method, images: Tensor | np.ndarray, domain: DomainName = "target",
+                   batch_size: int = 2048) -> Tensor:
+    """Class logits (N, classes) for uint8 images (N, C, H, W) or (N, H, W) of `domain`, as
+    stored by transferlab's datasets: normalised as the run's network expects, grey images
+    repeated to its channels. `method` comes from `load`. `.argmax(1)` gives the classes."""
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:
+        raise UserError(f"images must be uint8 (0-255), got {x.dtype}")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    channels, size = method.model_shape["in_channels"], method.model_shape["image_size"]
+    if x.dim() != 4 or x.shape[1] not in (1, channels) or tuple(x.shape[-2:]) != (size, size):
+        raise UserError(f"images of shape {tuple(x.shape)} do not fit the network: it takes "
+                        f"(N, {channels} or 1, {size}, {size})")
+    device = next(method.parameters()).device
+    normalization = method.network.normalization
+    return torch.cat([method.predict(as_input(x[i : i + batch_size].to(device), channels,
+                                              normalization), domain).float()
+                      for i in range(0, len(x), batch_size)])
+
+
+def data_config(config: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's data config with Hydra `overrides` applied: `data=<pair>` composes
+    conf/data/<pair>.yaml afresh; `data.<key>=...` (or `+data.<key>=...`) changes the run's
+    recorded data config, or that pair's (e.g. `data.root=...` on another machine)."""
+    keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    bad = [o for o, k in zip(overrides, keys, strict=True)
+           if k != "data" and not k.startswith("data.")]
+    if bad:
+        raise UserError(f"{bad[0]!r} is not a data override; valid: data=<pair>, "
+                        "data.<key>=<value>")
+    check_choices(list(overrides), CONFIG_DIR)
+    # The recorded data config becomes a choice of Hydra's data group, so that overrides of
+    # it follow Hydra's grammar and checks exactly as on the training command line.
+    ConfigStore.instance().store(group="data", name=RECORDED, node=config.data)
+    chosen = [] if "data" in keys else [f"data={RECORDED}"]
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            data = compose("config", overrides=[*chosen, *overrides]).data
+        return OmegaConf.to_container(data, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        # Hydra's hint ("To append to your config use +data.x=1") is on a second line.
+        raise UserError(f"bad data override: {' '.join(str(e).split())}") from None
+
+
+def run_pair(method: Method, overrides: Sequence[str] = (),
+             device: str | torch.device | None = None) -> DomainPair:
+    """The pair a loaded run trained on, or another by `overrides` (see `data_config`), at
+    the run's image size, with grey images repeated to the network's channels, on `device`
+    (default: the method's). Refused if its classes differ in number from the network's."""
+    shape = method.model_shape
+    data = data_config(method.config, overrides)
+    size_given = any(o.startswith("data.image_size=") for o in overrides)
+    if "image_size" in data and not size_given:
+        data["image_size"] = shape["image_size"]
+    pair: DomainPair = instantiate(data)
+    name = f"{pair.source.name} → {pair.target.name}"
+    if pair.num_classes != shape["num_classes"]:
+        raise UserError(f"{name} has {pair.num_classes} classes but the run's model predicts "
+                        f"{shape['num_classes']}; evaluate on a pair with the same classes")
+    if pair.image_size != shape["image_size"]:
+        raise UserError(f"{name} has {pair.image_size}px images but the run's model takes "
+                        f"{shape['image_size']}px; drop data.image_size or set it to "
+                        f"{shape['image_size']}")
+    if pair.channels > shape["in_channels"]:
+        raise UserError(f"{name} has {pair.channels}-channel images but the run's model takes "
+                        f"{shape['in_channels']}")
+    return _with_channels(pair, shape["in_channels"]).to(
+        device or next(method.parameters()).device)
+
+
+def _with_channels(pair: DomainPair, channels: int) -> DomainPair:
+    """Grey splits viewed as `channels` channels (no copy), so that the pair feeds a network
+    trained on colour images exactly as the training loop fed it."""
+    def widen(split: Split) -> Split:
+        return Split(split.images.expand(-1, channels, -1, -1), split.labels)
+
+    def widen_domain(domain: Domain) -> Domain:
+        return replace(domain, train=widen(domain.train), test=widen(domain.test))
+
+    return DomainPair(widen_domain(pair.source), widen_domain(pair.target),
+                      widen(pair.source_val), widen(pair.target_val))
+
+
+def evaluate_run(method: Method, pair: DomainPair,
+                 evaluators: Mapping[str, Evaluator] | None = None) -> dict[str, float]:
+    """Each of `evaluators` on `pair`; by default those the run measured (its config's
+    `evaluation`), so the names are those of results.json's `metrics`."""
+    evaluators = evaluators or build_evaluators(method.config)
+    return evaluate(method, pair, evaluators, method.config.trainer.eval_batch_size)
