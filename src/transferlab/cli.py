@@ -113,14 +113,15 @@ def build_evaluators(cfg: DictConfig) -> dict[str, Evaluator]:
             for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators])}
 
 
-def print_table(pair: DomainPair, evaluators: dict[str, Evaluator],
-                metrics: dict[str, float]) -> None:
+def results_table(pair: DomainPair, evaluators: dict[str, Evaluator],
+                  metrics: dict[str, float]) -> str:
+    """The per-domain table a run ends with (and `transferlab.evaluate` prints)."""
     lines = [f"\n{pair.source.name} → {pair.target.name}",
              f"{'metric':<16}{'value':>9}  {'reads':<24}{'labels':<8}better"]
     for name, e in evaluators.items():
         lines.append(f"{name:<16}{metrics[name]:>9.4f}  {', '.join(e.reads):<24}"
                      f"{e.labels or '—':<8}{'higher' if e.higher_is_better else 'lower'}")
-    log.info("\n".join(lines))
+    return "\n".join(lines)
 
 
 def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
@@ -188,7 +189,7 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
                       method=method.results())
-        print_table(pair, evaluators, metrics)
+        log.info(results_table(pair, evaluators, metrics))
         log.info(f"run folder: {out_dir}")
         return metrics
 

@@ -42,14 +42,15 @@ def main(argv: list[str] | None = None) -> None:
 def evaluate_command(run_dir: Path, overrides: list[str], out: Path | None,
                      checkpoint: str, device: str) -> Path:
     from transferlab.api import evaluate_run, load, run_pair
-    from transferlab.cli import build_evaluators, print_table, write_json
+    from transferlab.cli import build_evaluators, results_table
+    from transferlab.run_folder import write_json
 
     start = time.time()
     method = load(run_dir, checkpoint, device)
     pair = run_pair(method, overrides)
     evaluators = build_evaluators(method.config)
     metrics = evaluate_run(method, pair, evaluators)
-    print_table(pair, evaluators, metrics)
+    print(results_table(pair, evaluators, metrics))
     folder = out or run_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "evaluate.json"
