@@ -29,7 +29,7 @@ from transferlab.config import check_choices, register_resolvers, validate
 from transferlab.data.domain import DomainPair
 from transferlab.errors import UserError, find_user_error
 from transferlab.evaluation import Evaluator
-from transferlab.evaluation.base import REPORTS
+from transferlab.evaluation.base import REPORTS, TEST_SPLITS
 from transferlab.hparams import log_hparams
 from transferlab.methods.base import Method
 from transferlab.train import TrainerConfig, fit, training_precision
@@ -97,9 +97,17 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[DomainPair, Method]:
 
 
 def build_evaluators(cfg: DictConfig) -> dict[str, Evaluator]:
-    """The reports, then the configured validators, by name."""
-    return {name: instantiate(cfg.evaluation.evaluators[name])
-            for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators])}
+    """The reports, then the configured validators, by name. Only the reports read a test
+    split: a validator that declares one is refused."""
+    evaluators = {name: instantiate(cfg.evaluation.evaluators[name])
+                  for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators])}
+    for name, e in evaluators.items():
+        tests = [s for s in e.reads if s in TEST_SPLITS]
+        if tests and name not in REPORTS:
+            raise UserError(f"evaluation.evaluators.{name} reads {', '.join(tests)}: only the "
+                            f"reports ({', '.join(REPORTS)}) may read a test split; validators "
+                            "read source_val and target_val")
+    return evaluators
 
 
 def print_table(pair: DomainPair, evaluators: dict[str, Evaluator],
@@ -131,8 +139,10 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
                                  "eval": "fp32"},
                       evaluators={n: e.describe() for n, e in evaluators.items()})
         trainer = TrainerConfig(**{k: cfg.trainer[k] for k in TrainerConfig.__dataclass_fields__})
+        keep_best = cfg.trainer.keep_best
         checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
-                                    record["config"])
+                                    record["config"], keep_best,
+                                    keep_best is None or evaluators[keep_best].higher_is_better)
         resume = checkpointer.load()
         if resume:
             print(f"resuming from {checkpointer.path} at step {resume['step']}")
@@ -150,7 +160,7 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
         record.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
-                      method=method.results())
+                      method=method.results(), best=checkpointer.best)
         print_table(pair, evaluators, metrics)
         return metrics
     except BaseException as e:
