@@ -173,6 +173,8 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     history.append({"step": step, "stage": stage.name, **metrics,
                                     "time_s": round(time.perf_counter() - start, 2)})
                     log({f"val/{k}": v for k, v in metrics.items()}, step)
+                    if checkpointer:
+                        checkpointer.keep_if_best(step, metrics, method)
                 if checkpointer and (checkpointer.due(step) or step == total or stop[0]):
                     finite.raise_if_bad(str(checkpointer.path) if checkpointer.exists() else None)
                     checkpointer.save({"step": step, "history": history,
