@@ -117,6 +117,10 @@ def test_weighted_spearman_on_a_hand_case():
     assert select.weighted_spearman([1, 2, 3], [0.1, 0.3, 0.2]) == pytest.approx(
         -5 / math.sqrt(1159))
     assert select.spearman([1, 2, 3], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
+    # Scores (1, 2, 3, 4): weights ∝ (1, 4, 9, 16); accuracy ranks (2, 3, 1, 4). Weighted
+    # means 10/3 and 29/10, covariance 19/30, variances 31/45 and 527/300.
+    assert select.weighted_spearman([1, 2, 3, 4], [0.2, 0.3, 0.1, 0.4]) == pytest.approx(
+        (19 / 30) / math.sqrt(31 / 45 * 527 / 300))
     assert select.weighted_spearman([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
     assert math.isnan(select.spearman([1, 1, 1], [0.1, 0.2, 0.3]))
 

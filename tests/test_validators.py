@@ -141,19 +141,48 @@ def test_dev_and_iwv_equal_the_plain_validation_loss_and_accuracy_when_domains_a
     assert ImportanceWeightedValidation.higher_is_better
 
 
-def test_iwv_and_dev_fit_the_domain_classifier_once_per_evaluation(monkeypatch):
+def test_iwv_and_dev_estimate_target_accuracy_and_loss_under_covariate_shift():
+    # 1-D features; a prediction is right (cross-entropy log(1 + e^-2)) where x > 0 and wrong
+    # (log(1 + e^2)) elsewhere. Source x ~ N(0, 1): accuracy 1/2. Target x ~ N(1.5, 1): its
+    # accuracy would be Φ(1.5) = 0.9332 and its cross-entropy 0.9332·0.1269 + 0.0668·2.1269
+    # = 0.2605, which the weighting should recover from the labelled source alone.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 1, generator=g)
+    labels = (x.squeeze(1) <= 0).long()                # class 1 where the prediction is wrong
+    logits = torch.tensor([2.0, 0.0]).expand(5000, 2)  # always predicts class 0
+    outputs = {"source_val": Outputs(logits, x, labels),
+               "target_val": Outputs(torch.zeros(2000, 2),
+                                     torch.randn(2000, 1, generator=g) + 1.5)}
+    assert ImportanceWeightedValidation()(outputs) == pytest.approx(0.9332, abs=0.03)
+    assert DeepEmbeddedValidation()(outputs) == pytest.approx(0.2605, abs=0.03)
+    assert F.cross_entropy(logits, labels).item() == pytest.approx(1.13, abs=0.03)  # unweighted
+
+
+def test_iwv_and_dev_share_one_cross_fitted_domain_classifier_per_evaluation(monkeypatch):
     import transferlab.evaluation.importance as importance
 
-    fits = []
+    trained_on = []
     fit = importance.fit_domain_classifier
-    monkeypatch.setattr(importance, "fit_domain_classifier",
-                        lambda *a, **k: fits.append(1) or fit(*a, **k))
+
+    def recording_fit(source, target, **kwargs):
+        trained_on.append({int(i) for i in source[:, 0]})
+        return fit(source, target, **kwargs)
+
+    monkeypatch.setattr(importance, "fit_domain_classifier", recording_fit)
     outputs = labelled_source_and_target(shift=0.5)
+    marked = outputs["source_val"].features.clone()
+    marked[:, 0] = torch.arange(len(marked))  # column 0 names the sample
+    outputs["source_val"] = Outputs(outputs["source_val"].logits, marked,
+                                    outputs["source_val"].labels)
     ImportanceWeightedValidation(folds=3)(outputs)
     DeepEmbeddedValidation(folds=3)(outputs)
-    assert len(fits) == 3  # one per fold, shared by both
+    assert len(trained_on) == 3  # one fit per fold, shared by both
+    # Cross-fitting: each fit leaves out one fold; the folds cover every sample once.
+    held_out = [set(range(400)) - seen for seen in trained_on]
+    assert all(100 < len(h) < 170 for h in held_out)
+    assert set().union(*held_out) == set(range(400)) and sum(map(len, held_out)) == 400
     DeepEmbeddedValidation(folds=3)(labelled_source_and_target(shift=0.5))  # new tensors
-    assert len(fits) == 6
+    assert len(trained_on) == 6
 
 
 def configured_evaluators() -> dict[str, dict]:
