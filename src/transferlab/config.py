@@ -167,8 +167,10 @@ def register_resolvers() -> None:
 
 def objective_direction(name: str, _root_: DictConfig) -> str:
     """The direction in which a sweeper optimises the evaluator `name`: its own, as its class
-    declares it (accuracies maximise, `entropy` and `dev` minimise)."""
+    declares it (accuracies maximise, `entropy` and `dev` minimise). A name that is no
+    evaluator gets "maximize" here, because an error raised while Hydra resolves its sweeper
+    would be a traceback; every job then stops on `validate`'s one-line error instead."""
     evaluators = _root_.evaluation.evaluators
     if name not in evaluators:
-        raise UserError(f"objective={name} is not an evaluator; valid: {', '.join(evaluators)}")
+        return "maximize"
     return "maximize" if instantiate(evaluators[name]).higher_is_better else "minimize"
