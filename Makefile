@@ -1,7 +1,7 @@
 PYTHON ?= python
 METHODS := $(shell ls conf/method | sed 's/\.yaml$$//' | paste -sd, -)
 
-.PHONY: install test lint smoke reproduce analyze-figures gpu-check
+.PHONY: install test lint smoke reproduce analyze-figures gpu-check selection-study
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -62,3 +62,26 @@ analyze-figures:
 		cp $(ANALYSIS_DIR)/$$m/analysis.json docs/analysis/$$m.json && \
 		cp $(ANALYSIS_DIR)/$$m/confusion.png docs/analysis/confusion_$$m.png || exit 1; \
 	done
+
+# How well each validator chooses (docs/SELECTION.md; README, "Choosing without target labels"):
+# on MNIST→MNIST-M with the DANN paper's settings, a DANN sweep (λ_max × learning rate × 3
+# seeds, 18 runs) and an ADDA sweep (adaptation learning rate × 3 seeds, 9 runs; 10,000
+# pretraining + 10,000 adaptation steps), evaluated every 1,000 steps with every validator; then
+# every run × step is a candidate for `transferlab.select`. The grids are the papers' values and
+# their neighbours, chosen without target labels (README). STUDY_ARGS go last, so e.g.
+# STUDY_ARGS="data=tiny trainer.steps=300 trainer.eval_every=50" is a miniature of the study.
+STUDY_DIR ?= multirun/selection
+STUDY_BY ?= snd
+STUDY_ARGS ?=
+STUDY_REPORT ?= docs
+selection-study:
+	$(PYTHON) -m transferlab -m experiment=mnist_mnistm method=dann \
+		method.lambda_max=0.1,0.3,1.0 trainer.optimizer.lr=0.003,0.01 seed=0,1,2 \
+		trainer.eval_every=1000 trainer.progress_bar=false \
+		hydra.sweep.dir=$(STUDY_DIR)/dann $(STUDY_ARGS)
+	$(PYTHON) -m transferlab -m experiment=mnist_mnistm method=adda \
+		method.adapt_optimizer.lr=2e-5,2e-4,2e-3 seed=0,1,2 \
+		trainer.eval_every=1000 trainer.progress_bar=false \
+		hydra.sweep.dir=$(STUDY_DIR)/adda $(STUDY_ARGS)
+	$(PYTHON) -m transferlab.select $(STUDY_DIR) --by $(STUDY_BY) \
+		--out $(STUDY_REPORT)/selection --markdown $(STUDY_REPORT)/SELECTION.md

@@ -147,6 +147,18 @@ def test_optuna_sweeper_maximises_the_objective(tmp_path: Path):
     assert best.best_value == pytest.approx(max(scores))  # the default objective, maximised
 
 
+def test_optuna_preset_minimises_a_lower_is_better_objective(tmp_path: Path):
+    out = tmp_path / "multirun"
+    run_cli("-m", "hydra/sweeper=optuna_max", "hydra/sweeper/sampler=grid", "objective=entropy",
+            "trainer.optimizer.lr=choice(0.0,0.05)", *TINY_FAST, "trainer.steps=8",
+            "evaluation.validators=[source_val_acc,entropy]", f"hydra.sweep.dir={out}",
+            cwd=tmp_path)
+    scores = [r["metrics"]["entropy"] for r in records(out).values()]
+    assert len(set(scores)) == 2  # else maximising would pass too
+    best = OmegaConf.load(out / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(scores))
+
+
 def test_each_run_writes_hparams_into_its_own_tensorboard_folder(tmp_path: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData

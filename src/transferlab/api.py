@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
-from transferlab.checkpoint import LATEST, load_safely
+from transferlab.checkpoint import BEST, LATEST, load_safely
 from transferlab.cli import (
     CONFIG_DIR,
     build_evaluators,
@@ -39,7 +39,7 @@ from transferlab.evaluation import Evaluator, evaluate
 from transferlab.methods.base import DomainName, Method
 
 # `load(run_dir, checkpoint=...)`: the checkpoint files a run folder may hold.
-CHECKPOINTS = {"last": LATEST, "best": "best.pt"}
+CHECKPOINTS = {"last": LATEST, "best": BEST}
 RECORDED = "_recorded_by_run"  # the data group choice that stands for a run's own data config
 
 
@@ -74,7 +74,7 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> 
                         f"{', '.join(CHECKPOINTS)}")
     path = run / "checkpoints" / CHECKPOINTS[checkpoint]
     if not path.exists():
-        hint = (" (runs keep one with trainer.keep_best=true)" if checkpoint == "best"
+        hint = (" (runs keep one with trainer.keep_best=<validator>)" if checkpoint == "best"
                 else "; is it a transferlab run folder?")
         raise UserError(f"{path} not found: {run} has no {checkpoint} checkpoint{hint}")
     state = load_safely(path)

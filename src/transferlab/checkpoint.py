@@ -3,10 +3,15 @@
 A checkpoint holds everything needed to continue a run bit-for-bit on the same machine: the
 method's weights, the current stage's optimizers, schedulers and batch streams, the RNG states
 of torch, numpy and Python, the global step, the evaluation history and the run's config.
+
+With `trainer.keep_best=<validator>`, `best.pt` also holds the weights of the evaluation where
+that validator scored best so far (in its direction), with the step and the score; which score
+is best so far is part of every checkpoint, so a resumed run compares with it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -17,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from transferlab.errors import UserError
 
 LATEST = "last.pt"
 PREVIOUS = "previous.pt"
+BEST = "best.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -83,14 +90,21 @@ def load_safely(path: Path) -> Any:
 class Checkpointer:
     """The run's checkpoint folder: `last.pt`, and `previous.pt`, the one before it, kept so
     that a damaged last.pt leaves a checkpoint to resume from. `config` is the resolved run
-    config, saved with each checkpoint so that a resume can check it trains the same."""
+    config, saved with each checkpoint so that a resume can check it trains the same.
+    `keep_best` names the evaluator whose best evaluation `best.pt` keeps (None: no best.pt);
+    `higher_is_better` is its direction."""
 
-    def __init__(self, folder: Path, every: int, config: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, every: int, config: dict[str, Any],
+                 keep_best: str | None = None, higher_is_better: bool = True) -> None:
         self.folder = folder
         self.path = folder / LATEST
         self.previous = folder / PREVIOUS
+        self.best_path = folder / BEST
         self.every = every
         self.config = config
+        self.keep_best = keep_best
+        self.higher_is_better = higher_is_better
+        self.best: dict[str, Any] | None = None  # {"validator", "step", "score"} of best.pt
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -107,9 +121,13 @@ class Checkpointer:
                                 f"{self._choices()}")
             return None
         try:
-            return load_safely(self.path)
+            state = load_safely(self.path)
         except UserError as e:
             raise UserError(f"{e}; {self._choices()}") from None
+        best = state.get("best")
+        # keep_best may change on resume (it does not change what is trained): start afresh.
+        self.best = best if best and best["validator"] == self.keep_best else None
+        return state
 
     def _choices(self) -> str:
         start_over = f"delete {self.folder} to start over"
@@ -123,5 +141,21 @@ class Checkpointer:
                f"mv {self.previous} {self.path}"
 
     def save(self, state: dict[str, Any]) -> None:
-        save_atomic({**state, "config": self.config, "rng": rng_state()}, self.path,
-                    previous=self.previous)
+        save_atomic({**state, "config": self.config, "rng": rng_state(), "best": self.best},
+                    self.path, previous=self.previous)
+
+    def keep_if_best(self, step: int, metrics: dict[str, float], method: nn.Module) -> None:
+        """After an evaluation: write best.pt if `keep_best` scored strictly better than at
+        every earlier evaluation (so ties keep the earliest); a NaN score is never best."""
+        if self.keep_best is None:
+            return
+        score = metrics[self.keep_best]
+        if math.isnan(score):
+            return
+        if self.best is not None and not (score > self.best["score"] if self.higher_is_better
+                                          else score < self.best["score"]):
+            return
+        best = {"validator": self.keep_best, "step": step, "score": score}
+        save_atomic({**best, "higher_is_better": self.higher_is_better, "metrics": metrics,
+                     "method": method.state_dict(), "config": self.config}, self.best_path)
+        self.best = best

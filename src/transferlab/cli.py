@@ -24,11 +24,11 @@ from torch.utils.tensorboard import SummaryWriter
 import transferlab
 from transferlab import stops, sweeps
 from transferlab.checkpoint import Checkpointer
-from transferlab.config import check_choices, register_resolvers, validate
+from transferlab.config import check_choices, objective_direction, register_resolvers, validate
 from transferlab.data.domain import DomainPair, as_input
 from transferlab.errors import UserError, find_user_error
 from transferlab.evaluation import Evaluator
-from transferlab.evaluation.base import REPORTS
+from transferlab.evaluation.base import REPORTS, TEST_SPLITS
 from transferlab.hparams import log_hparams
 from transferlab.memory import check_batch_fits, out_of_memory_explained
 from transferlab.methods.base import Method
@@ -108,9 +108,17 @@ def model_shape(pair: DomainPair) -> dict[str, int]:
 
 
 def build_evaluators(cfg: DictConfig) -> dict[str, Evaluator]:
-    """The reports, then the configured validators, by name."""
-    return {name: instantiate(cfg.evaluation.evaluators[name])
-            for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators])}
+    """The reports, then the configured validators, by name. Only the reports read a test
+    split: a validator that declares one is refused."""
+    evaluators = {name: instantiate(cfg.evaluation.evaluators[name])
+                  for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators])}
+    for name, e in evaluators.items():
+        tests = [s for s in e.reads if s in TEST_SPLITS]
+        if tests and name not in REPORTS:
+            raise UserError(f"evaluation.evaluators.{name} reads {', '.join(tests)}: only the "
+                            f"reports ({', '.join(REPORTS)}) may read a test split; validators "
+                            "read source_val and target_val")
+    return evaluators
 
 
 def results_table(pair: DomainPair, evaluators: dict[str, Evaluator],
@@ -142,8 +150,11 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
         validate(cfg)
         device = resolve_device(cfg.device)
         trainer = TrainerConfig(**{k: cfg.trainer[k] for k in TrainerConfig.__dataclass_fields__})
+        keep_best = cfg.trainer.keep_best
         checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
-                                    base["config"])
+                                    base["config"], keep_best,
+                                    keep_best is None
+                                    or objective_direction(keep_best, cfg) == "maximize")
         resume = checkpointer.load()
         if resume:
             folder.check_resumable(checkpointer.path, resume["config"])
@@ -188,7 +199,7 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
         folder.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
-                      method=method.results())
+                      method=method.results(), best=checkpointer.best)
         log.info(results_table(pair, evaluators, metrics))
         log.info(f"run folder: {out_dir}")
         return metrics

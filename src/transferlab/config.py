@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
@@ -62,10 +62,11 @@ class Rule:
 
 # Keys that say where or how verbosely a run ran, not what it trained: runs that differ only in
 # these (and the seed) are repeats of one experiment, and a checkpoint resumes across them.
-# `objective` only picks the number handed to a sweeper; `num_threads` follows the launcher.
+# `objective` only picks the number handed to a sweeper, `keep_best` which evaluation best.pt
+# keeps; `num_threads` follows the launcher.
 OPERATIONAL_KEYS = frozenset({
     "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
-    "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads",
+    "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads", "trainer.keep_best",
     "analysis.at_end", "analysis.samples",
 })
 
@@ -132,6 +133,8 @@ def validate(cfg: DictConfig) -> None:
         Rule(str, choices=tuple(defined)).check("evaluation.validators", name)
     measured = tuple(dict.fromkeys([*REPORTS, *cfg.evaluation.validators]))
     Rule(str, choices=measured).check("objective", cfg.objective)
+    Rule(str, choices=measured, nullable=True).check(
+        "trainer.keep_best", OmegaConf.select(cfg, "trainer.keep_best", default=None))
     method = get_class(cfg.method._target_)
     hints = typing.get_type_hints(method.__init__)
     limits: dict[str, Rule] = getattr(method, "limits", {})
@@ -168,3 +171,17 @@ def register_resolvers() -> None:
     # `${threads_per_job:}`: torch threads for one job of a parallel sweep (see sweeps.py).
     if not OmegaConf.has_resolver("threads_per_job"):
         OmegaConf.register_new_resolver("threads_per_job", threads_per_job)
+    # `${objective_direction:${objective}}`: "maximize" or "minimize", as the sweepers take it.
+    if not OmegaConf.has_resolver("objective_direction"):
+        OmegaConf.register_new_resolver("objective_direction", objective_direction)
+
+
+def objective_direction(name: str, _root_: DictConfig) -> str:
+    """The direction in which a sweeper optimises the evaluator `name`: its own, as its class
+    declares it (accuracies maximise, `entropy` and `dev` minimise). A name that is no
+    evaluator gets "maximize" here, because an error raised while Hydra resolves its sweeper
+    would be a traceback; every job then stops on `validate`'s one-line error instead."""
+    evaluators = _root_.evaluation.evaluators
+    if name not in evaluators:
+        return "maximize"
+    return "maximize" if instantiate(evaluators[name]).higher_is_better else "minimize"

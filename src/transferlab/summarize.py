@@ -42,7 +42,8 @@ class Run:
     wall_time_s: float | None
     error: str
     precision: str = "fp32"    # of training; CPU-fp32 and GPU-bf16 runs are not one group
-    last: dict[str, Any] = field(default_factory=dict)  # the last evaluation in the history
+    history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's metrics
+    evaluators: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → description
 
 
 @dataclass
@@ -102,7 +103,8 @@ def load_runs(root: Path) -> list[Run]:
                         wall_time_s=record.get("wall_time_s"),
                         error=" ".join(str(record.get("error", "")).split()),
                         precision=record.get("precision", {}).get("train", "fp32"),
-                        last=(record.get("history") or [{}])[-1]))
+                        history=record.get("history", []),
+                        evaluators=record.get("evaluators", {})))
     return runs
 
 
@@ -154,26 +156,58 @@ def mean_std(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f} ± {'—' if std is None else f'{std:.4f}'}"
 
 
-def table_rows(groups: Sequence[Group], metrics: Sequence[str]) -> list[list[str]]:
+def directions(runs: Sequence[Run]) -> dict[str, bool]:
+    """Whether higher is better, per metric, as the runs' evaluators declare it (results.json
+    `evaluators`); a metric no run describes counts as higher-is-better (an accuracy)."""
+    found: dict[str, bool] = {}
+    for run in runs:
+        for name, described in run.evaluators.items():
+            found.setdefault(name, bool(described.get("higher_is_better", True)))
+    return found
+
+
+def best_of_each_pair(groups: Sequence[Group], metric: str, higher: bool) -> set[int]:
+    """The indices of the groups with the best mean of `metric` among the groups of the same
+    data pair, in the metric's direction (ties: all of them)."""
+    means = [g.stats(metric)[0] for g in groups]
+    best: dict[str, float] = {}
+    for g, mean in zip(groups, means, strict=True):
+        if mean is not None:
+            data = g.choices.get("data", "?")
+            best[data] = (max if higher else min)(best.get(data, mean), mean)
+    return {i for i, (g, mean) in enumerate(zip(groups, means, strict=True))
+            if mean is not None and mean == best[g.choices.get("data", "?")]}
+
+
+def table_rows(groups: Sequence[Group], metrics: Sequence[str],
+               higher: dict[str, bool] | None = None) -> list[list[str]]:
+    """One row per group; `*` marks each metric's best group per data pair (by `higher`)."""
+    higher = higher or {}
+    marked = {m: best_of_each_pair(groups, m, higher.get(m, True)) for m in metrics}
     rows = []
-    for g in groups:
+    for i, g in enumerate(groups):
         wall = g.wall_time()
         rows.append([g.choices.get("method", "?"), g.choices.get("data", "?"),
                      g.choices.get("backbone", "?"), g.varies or "", str(len(g.completed)),
-                     str(len(g.failed)), *(mean_std(*g.stats(m)) for m in metrics),
+                     str(len(g.failed)),
+                     *(mean_std(*g.stats(m)) + (" *" if i in marked[m] and len(groups) > 1
+                                                else "") for m in metrics),
                      "—" if wall is None else f"{wall:.1f}"])
     return rows
 
 
-def header(metrics: Sequence[str]) -> list[str]:
+def header(metrics: Sequence[str], higher: dict[str, bool] | None = None) -> list[str]:
+    higher = higher or {}
     return ["method", "data", "backbone", "varies", "seeds", "failed",
-            *(m.replace("_", " ") for m in metrics), "wall time (s)"]
+            *(f"{m.replace('_', ' ')} {'↑' if higher.get(m, True) else '↓'}" for m in metrics),
+            "wall time (s)"]
 
 
 NOTE = ("Mean ± sample standard deviation (ddof=1) over seeds; — where a group has one run. "
         "`seeds`: completed runs; `failed`: runs that did not complete; wall time: mean per "
-        "run. Select on `source val acc` (label-free); `target acc` uses target test labels, "
-        "which UDA does not have.")
+        "run. ↑: higher is better, ↓: lower; * marks the best group of its data pair by that "
+        "column. Select on a label-free column (the `objective`, e.g. `source val acc`); "
+        "`target acc` uses target test labels, which UDA does not have.")
 
 
 def format_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -189,7 +223,7 @@ def failures(runs: Sequence[Run], root: Path) -> list[str]:
     killed without a word (SIGKILL, out of memory) is `incomplete`: its record still says
     `running` but no process holds its folder."""
     return [f"{r.path.relative_to(root)} ({r.choices.get('method', '?')}, seed {r.seed}): "
-            f"{r.status}: {r.error or _silent(r.status)}{_last(r.last)}"
+            f"{r.status}: {r.error or _silent(r.status)}{_last(r.history[-1] if r.history else {})}"
             for r in runs if r.status != "completed"]
 
 
@@ -276,14 +310,15 @@ def summarize(root: Path, draw: bool = True) -> list[Group]:
     runs = load_runs(root)
     groups = group_runs(runs)
     shown = shown_metrics(runs)
-    rows = table_rows(groups, shown)
+    higher = directions(runs)
+    rows = table_rows(groups, shown, higher)
     failed = failures(runs, root)
-    print(format_table(header(shown), rows))
+    print(format_table(header(shown, higher), rows))
     print(f"\n{len(runs)} runs in {len(groups)} groups. {NOTE}")
     if failed:
         print(f"\n{len(failed)} runs did not complete:", *failed, sep="\n  ")
     write_csv(root / "summary.csv", groups, root, metric_names(runs))
-    write_markdown(root / "summary.md", header(shown), rows, failed, root)
+    write_markdown(root / "summary.md", header(shown, higher), rows, failed, root)
     written = ["summary.csv", "summary.md"]
     if draw:
         skipped = plot(root / "summary.png", groups)

@@ -160,6 +160,8 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     log({f"val/{k}": v for k, v in metrics.items()}, step)
                     if on_evaluation:
                         on_evaluation(history)
+                    if checkpointer:
+                        checkpointer.keep_if_best(step, metrics, method)
                 if checkpointer and (checkpointer.due(step) or step == total or stop):
                     finite.raise_if_bad(kept())
                     checkpointer.save({"step": step, "history": history,
