@@ -19,13 +19,15 @@ DAN_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def _in_fp32(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Run `loss(source, target, ...)` in float32 even under bf16 autocast: distances and
-    covariances are differences of large similar numbers, which bf16 would round away."""
+    """Run `loss(source, target, ...)` in at least float32, also under bf16 autocast:
+    distances and covariances are differences of large similar numbers, which bf16 would
+    round away."""
 
     @functools.wraps(loss)
     def wrapper(source: Tensor, target: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        dtype = torch.promote_types(source.dtype, torch.float32)
         with torch.autocast(source.device.type, enabled=False):
-            return loss(source.float(), target.float(), *args, **kwargs)
+            return loss(source.to(dtype), target.to(dtype), *args, **kwargs)
 
     return wrapper
 
