@@ -19,18 +19,21 @@ def kernel_sum(squared_distance: float, mean_squared_distance: float) -> float:
 
 
 def test_linear_mmd_of_a_hand_case():
-    # One quad-tuple: s = (0, 0), t = (1, 1) in 1-D. Squared distances s-s' 0, t-t' 0,
-    # s-t' 1, s'-t 1, mean 0.5; estimate k(0) + k(0) - 2 k(1), with k(0) = 5 kernels of 1.
-    s, t = torch.tensor([[0.0], [0.0]]), torch.tensor([[1.0], [1.0]])
-    expected = 2 * len(DAN_BANDWIDTHS) - 2 * kernel_sum(1.0, 0.5)
+    # One quad-tuple: s = (0, 0), t = (2, 2) in 1-D. Squared distances s-s' 0, t-t' 0,
+    # s-t' 4, s'-t 4, mean 2; estimate k(0) + k(0) - 2 k(4), with k(0) = 5 kernels of 1.
+    s, t = torch.tensor([[0.0], [0.0]]), torch.tensor([[2.0], [2.0]])
+    expected = 2 * len(DAN_BANDWIDTHS) - 2 * kernel_sum(4.0, 2.0)
     assert multi_kernel_mmd(s, t, linear=True).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_quadratic_mmd_of_a_hand_case():
-    # Same points; over the joint batch's 12 ordered distinct pairs 8 have distance 1: mean
-    # 2/3. Within-domain means over distinct pairs are k(0) = 5, the cross mean k(1).
-    s, t = torch.tensor([[0.0], [0.0]]), torch.tensor([[1.0], [1.0]])
-    expected = 2 * len(DAN_BANDWIDTHS) - 2 * kernel_sum(1.0, 2 / 3)
+    # s = (0, 0), t = (2, 3): over the joint batch's 12 ordered distinct pairs the squared
+    # distances are 0 (s-s, twice), 1 (t-t, twice), 4 (4 times) and 9 (4 times): mean 54/12.
+    # Within-domain means over distinct pairs: k(0) and k(1); cross mean (k(4) + k(9)) / 2.
+    s, t = torch.tensor([[0.0], [0.0]]), torch.tensor([[2.0], [3.0]])
+    m = 54 / 12
+    expected = (kernel_sum(0.0, m) + kernel_sum(1.0, m)
+                - (kernel_sum(4.0, m) + kernel_sum(9.0, m)))
     assert multi_kernel_mmd(s, t, linear=False).item() == pytest.approx(expected, rel=1e-6)
 
 

@@ -123,6 +123,8 @@ def test_cdan_update_reverses_the_conditional_discriminator_gradient_into_the_en
                                        f"{str(entropy_conditioning).lower()}",
                                        "method.domain_dropout=0")
     assert method.multilinear.randomized  # 768 features x 10 classes > 4096
+    with torch.no_grad():  # confident, varied predictions, so that entropy weights vary
+        method.network.head[-1].weight.mul_(300)
     off = copy.deepcopy(method)
     off.lambda_max = 0.0
     reference = copy.deepcopy(method)
@@ -135,6 +137,7 @@ def test_cdan_update_reverses_the_conditional_discriminator_gradient_into_the_en
                              domain_labels(len(xs), len(xt), xs.device), reduction="none")
     if entropy_conditioning:
         w = entropy_weights(logits)
+        assert w.std() > 0.1 and abs(w[:16].sum() / w[16:].sum() - 1) > 0.02
         w = torch.cat([w[:16] / w[:16].sum(), w[16:] / w[16:].sum()])
         domain_loss = (losses * w).sum() / w.sum()
     else:
@@ -255,3 +258,12 @@ def test_cdan_randomized_map_is_fixed_and_checkpointed():
     assert torch.equal(method.multilinear.features_projection, projection)
     assert "multilinear.features_projection" in method.state_dict()
     assert method.multilinear.out_features == 1024
+
+
+@pytest.mark.parametrize("name", ["dan", "coral", "cdan", "mdd", "iwerm"])
+def test_alignment_methods_train_on_the_view_with_target_labels_masked(name: str):
+    two_stages = ("method.estimate_steps=2",) if name == "iwerm" else ()
+    method, view, _ = build_method(name, *two_stages)
+    assert not method.uses_target_labels and (view.target.labels == -1).all()
+    for stage in method.stages(view):
+        assert all(split is view.source or split is view.target for split in stage.data.values())
