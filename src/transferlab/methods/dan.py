@@ -45,7 +45,7 @@ class FeatureAlignment(Method):
     def stages(self, view: TrainingView) -> list[Stage]:
         self._optimizer = self.optimizer(self)
         data = {"source": view.source, "target": view.target}
-        return [Stage(self.discrepancy_name, self.steps, self.update, data, [self._optimizer])]
+        return [Stage("align", self.steps, self.update, data, [self._optimizer])]
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]

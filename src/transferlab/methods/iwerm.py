@@ -92,11 +92,15 @@ class IWERM(Method):
         n = len(xs)
         domain_logits = self.domain_classifier(features.detach())
         domain_loss = F.cross_entropy(domain_logits, domain_labels(n, len(xt), xs.device))
-        weights = self.weights(domain_logits[:n]) if weighted else torch.ones(n, device=xs.device)
-        label_loss = weighted_cross_entropy(self.network.head(features[:n]), ys, weights)
+        logits = self.network.head(features[:n])
+        if weighted:
+            weights = self.weights(domain_logits[:n])
+            label_loss = weighted_cross_entropy(logits, ys, weights)
+        else:
+            label_loss = F.cross_entropy(logits, ys)
         optimize(optimizer, label_loss + domain_loss)
         return {"loss/classification": label_loss, "loss/domain": domain_loss,
-                **weight_stats(weights)}
+                **(weight_stats(weights) if weighted else {})}
 
     def fixed_weights_update(self, optimizer: torch.optim.Optimizer,
                              batch: Batch) -> dict[str, Tensor]:
