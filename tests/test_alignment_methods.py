@@ -18,6 +18,7 @@ from torch import nn
 from helpers import compose_config
 from transferlab.cli import build, build_evaluators
 from transferlab.data.domain import as_input
+from transferlab.errors import find_user_error
 from transferlab.losses.adversarial import domain_labels
 from transferlab.losses.density_ratio import density_ratio, normalised_weights
 from transferlab.losses.discrepancy import coral, multi_kernel_mmd
@@ -267,3 +268,15 @@ def test_alignment_methods_train_on_the_view_with_target_labels_masked(name: str
     assert not method.uses_target_labels and (view.target.labels == -1).all()
     for stage in method.stages(view):
         assert all(split is view.source or split is view.target for split in stage.data.values())
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.layers=[fc9]", "method.layers=['fc9'] is invalid: must be a non-empty list of tap "
+                            "names of this backbone: features, logits, encoder, "),
+    ("method.bandwidths=[1.0,0]", "method.bandwidths=[1.0, 0] is invalid: must be a non-empty "
+                                  "list of numbers > 0"),
+])
+def test_dan_bad_keys_are_user_errors_naming_the_key(override: str, message: str):
+    with pytest.raises(Exception) as raised:
+        build_method("dan", override)
+    assert str(find_user_error(raised.value)).startswith(message)
