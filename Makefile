@@ -29,7 +29,7 @@ REPRODUCE_ARGS ?=
 reproduce:
 	for exp in $(EXPERIMENTS); do \
 		$(PYTHON) -m transferlab -m experiment=$$exp \
-			method=source_only,target_only,dann,adda,finetune seed=0,1,2 \
+			method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm seed=0,1,2 \
 			trainer.progress_bar=false hydra.sweep.dir=$(REPRODUCE_DIR)/$$exp $(REPRODUCE_ARGS) || exit 1; \
 	done
 	# DANN with twice the steps: the step budget that source validation accuracy selects
@@ -37,6 +37,10 @@ reproduce:
 	$(PYTHON) -m transferlab -m experiment=mnist_mnistm method=dann trainer.steps=20000 \
 		seed=0,1,2 trainer.progress_bar=false \
 		hydra.sweep.dir=$(REPRODUCE_DIR)/mnist_mnistm-dann20k $(REPRODUCE_ARGS)
+	# CDAN+E, the paper's entropy-conditioned variant of CDAN.
+	$(PYTHON) -m transferlab -m experiment=mnist_mnistm method=cdan method.entropy_conditioning=true \
+		seed=0,1,2 trainer.progress_bar=false \
+		hydra.sweep.dir=$(REPRODUCE_DIR)/mnist_mnistm-cdan_e $(REPRODUCE_ARGS)
 	$(PYTHON) scripts/results.py $(REPRODUCE_DIR) --out docs
 
 # The GPU path end to end (every method in bf16 and fp32, kill-and-resume, the benchmark) in

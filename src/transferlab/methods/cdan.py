@@ -1,0 +1,71 @@
+"""CDAN and CDAN+E: conditional domain-adversarial networks (Long et al., NeurIPS 2018).
+
+DANN's game, but the domain discriminator sees the multilinear map of the features and the
+class predictions (randomized above 4096 dimensions), so that features are aligned class by
+class rather than only as a whole. With `entropy_conditioning` (CDAN+E) each sample's
+discriminator loss is weighted by 1 + e^(−entropy of its prediction), so that confident,
+transferable samples count more; the weights of each domain are normalised separately, as in
+the authors' code, so that both domains keep equal total weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from transferlab.config import Rule
+from transferlab.data.domain import TrainingView
+from transferlab.losses.adversarial import DomainAdversarialLoss
+from transferlab.losses.conditional import RANDOMIZE_ABOVE, RANDOMIZED_DIM, MultilinearMap
+from transferlab.losses.entropy import entropy_weights
+from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.nn import DomainDiscriminator
+from transferlab.schedules import dann_lambda
+
+
+class CDAN(Method):
+    limits: ClassVar = {"lambda_gamma": Rule(float, min=0), "lambda_max": Rule(float, min=0),
+                        "randomize_above": Rule(int, min=0),
+                        "randomized_dim": Rule(int, min=1),
+                        "domain_dropout": Rule(float, min=0, max=0.99)}
+
+    def __init__(self, entropy_conditioning: bool = False, lambda_gamma: float = 10.0,
+                 lambda_max: float = 1.0, randomize_above: int = RANDOMIZE_ABOVE,
+                 randomized_dim: int = RANDOMIZED_DIM,
+                 domain_hidden: Sequence[int] = (1024, 1024), domain_batch_norm: bool = False,
+                 domain_dropout: float = 0.5, **common: Any) -> None:
+        super().__init__(**common)
+        self.entropy_conditioning = entropy_conditioning
+        self.lambda_gamma, self.lambda_max = lambda_gamma, lambda_max
+        self.multilinear = MultilinearMap(self.network.feature_dim, self.num_classes,
+                                          randomize_above, randomized_dim)
+        self.adversarial = DomainAdversarialLoss(DomainDiscriminator(
+            self.multilinear.out_features, domain_hidden, domain_batch_norm, domain_dropout))
+
+    def stages(self, view: TrainingView) -> list[Stage]:
+        self._optimizer = self.optimizer(self)
+        data = {"source": view.source, "target": view.target}
+        return [Stage("cdan", self.steps, self.update, data, [self._optimizer])]
+
+    def update(self, batch: Batch, progress: float) -> dict[str, Tensor | float]:
+        (xs, ys), (xt, _) = batch["source"], batch["target"]
+        features = self.network.features(torch.cat([xs, xt]))
+        logits = self.network.head(features)
+        n = len(xs)
+        label_loss = F.cross_entropy(logits[:n], ys)
+        # The discriminator conditions on the predictions but does not train them (the
+        # authors' code detaches them too): only the features are pushed to fool it.
+        joint = self.multilinear(features, F.softmax(logits, dim=1).detach())
+        weights = None
+        if self.entropy_conditioning:
+            weights = torch.cat([w / w.sum() for w in entropy_weights(logits).split(
+                [n, len(xt)])])
+        lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
+        domain_loss, domain_acc = self.adversarial(joint[:n], joint[n:], lam, weights)
+        optimize(self._optimizer, label_loss + domain_loss)
+        return {"loss/classification": label_loss, "loss/domain": domain_loss,
+                "cdan/lambda": lam, "cdan/domain_acc": domain_acc}
