@@ -32,6 +32,8 @@ from transferlab.evaluation import Evaluator
 from transferlab.evaluation.base import REPORTS
 from transferlab.hparams import log_hparams
 from transferlab.methods.base import Method
+from transferlab.stage_cache import StageCache
+from transferlab.stage_cache import default_folder as default_stage_folder
 from transferlab.train import TrainerConfig, fit, training_precision
 
 DEBUG_ENV = "TRANSFERLAB_DEBUG"
@@ -134,6 +136,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
         checkpointer = Checkpointer(out_dir / "checkpoints", trainer.checkpoint_every,
                                     record["config"])
         resume = checkpointer.load()
+        stage_cache = (StageCache(Path(cfg.trainer.stage_cache or default_stage_folder()),
+                                  origin=str(out_dir)) if cfg.trainer.reuse_stages else None)
         if resume:
             print(f"resuming from {checkpointer.path} at step {resume['step']}")
         # purge_step drops events logged after the checkpoint by the run that was cut short.
@@ -144,13 +148,14 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
                     writer.add_scalar(tag, value, step)
 
             history = fit(method, pair, trainer, cfg.seed, log, evaluators, checkpointer,
-                          resume)
+                          resume, stage_cache)
         metrics = {k: history[-1][k] for k in evaluators}
         log_hparams(out_dir / "tb", record["config"], choices, metrics)
         record.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
-                      method=method.results())
+                      method=method.results(),
+                      stage_cache=stage_cache.events if stage_cache else "off")
         print_table(pair, evaluators, metrics)
         return metrics
     except BaseException as e:

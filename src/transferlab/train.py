@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
@@ -20,6 +22,7 @@ from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator, evaluate
 from transferlab.methods.base import Method, Stage
+from transferlab.stage_cache import Logged, StageCache
 
 Metrics = dict[str, float]
 Log = Callable[[dict[str, float], int], None]
@@ -116,10 +119,12 @@ def stop_requests() -> Iterator[list[bool]]:
 
 def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Log,
         evaluators: Mapping[str, Evaluator], checkpointer: Checkpointer | None = None,
-        resume: dict[str, Any] | None = None) -> list[dict]:
+        resume: dict[str, Any] | None = None, stage_cache: StageCache | None = None
+        ) -> list[dict]:
     """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
     evaluation history. `log(scalars, step)` receives losses, learning rates and the
-    evaluators' values (as `val/<name>`)."""
+    evaluators' values (as `val/<name>`). With a `stage_cache`, stages the method marks
+    reusable are loaded from it when already trained, and stored in it when trained here."""
     stages = method.stages(pair.training_view(method.uses_target_labels))
     total = sum(s.steps for s in stages)
     step, history = (resume["step"], resume["history"]) if resume else (0, [])
@@ -128,27 +133,64 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         set_rng_state(resume["rng"])
     finite = FiniteCheck()
     device = pair.source_val.images.device
-    bf16 = training_precision(cfg.precision, device) == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    precision = training_precision(cfg.precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     normalization = method.network.normalization
     start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     bar = tqdm(total=total, initial=step, disable=not cfg.progress_bar, dynamic_ncols=True)
     stage_start = 0
+    logged: Logged | None = None  # what a stage that will be stored logs
+
+    def emit(values: dict[str, float], at: int) -> None:
+        log(values, at)
+        if logged is not None:
+            logged.append((values, at))
+
+    def save(parts: dict[str, list]) -> None:
+        assert checkpointer is not None
+        checkpointer.save({"step": step, "history": history, "method": method.state_dict(),
+                           **_states(parts)})
+
+    def fingerprint(stage: Stage, index: int, first: int, last: int) -> str:
+        assert stage_cache is not None
+        return stage_cache.key(
+            stage, method, seed=seed, index=index, first_step=first,
+            eval_steps=[s for s in range(first + 1, last + 1)
+                        if s % cfg.eval_every == 0 or s == total],
+            batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+            precision=precision, device=device, channels=pair.channels,
+            evaluation_splits=pair.splits(), evaluators=evaluators)
+
     with stop_requests() as stop:
         for index, stage in enumerate(stages):
             done = min(max(step - stage_start, 0), stage.steps)  # steps of it already run
-            stage_start += stage.steps
+            first_step, stage_start = stage_start, stage_start + stage.steps
             if done == stage.steps:
                 continue
             bar.set_description(stage.name)
             streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method)
             parts = {"optimizers": stage.optimizers, "schedulers": schedulers,
                      "streams": list(streams.values())}
+            key = None
             if done > 0 and resume:
                 _restore(parts, resume)
-            elif stage.on_start:
-                stage.on_start()
+            else:
+                _seed_stage(seed, index)
+                if stage.on_start:
+                    stage.on_start()
+                if stage_cache and stage.reuse:
+                    key = fingerprint(stage, index, first_step, stage_start)
+                    if entry := stage_cache.load(key):  # trained before: load, don't train
+                        elapsed = round(time.perf_counter() - start, 2)
+                        history += stage_cache.reuse(key, entry, stage, log, elapsed)
+                        step = stage_start
+                        bar.update(stage.steps)
+                        if checkpointer:
+                            save(parts)
+                        continue
             method.train()
+            logged = [] if key else None
+            stage_time = time.perf_counter()
 
             for i in range(done, stage.steps):
                 batch = {name: (as_input(x, pair.channels, normalization), y)
@@ -165,22 +207,26 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                               for k, v in scalars.items()}
                     group = stage.optimizers[0].param_groups[0]
                     values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
-                    log(values, step)
+                    emit(values, step)
                     bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
                 if step % cfg.eval_every == 0 or step == total:
                     finite.raise_if_bad(str(checkpointer.path) if checkpointer else None)
                     metrics = evaluate(method, pair, evaluators, cfg.eval_batch_size)
                     history.append({"step": step, "stage": stage.name, **metrics,
                                     "time_s": round(time.perf_counter() - start, 2)})
-                    log({f"val/{k}": v for k, v in metrics.items()}, step)
+                    emit({f"val/{k}": v for k, v in metrics.items()}, step)
                 if checkpointer and (checkpointer.due(step) or step == total or stop[0]):
                     finite.raise_if_bad(str(checkpointer.path) if checkpointer.exists() else None)
-                    checkpointer.save({"step": step, "history": history,
-                                       "method": method.state_dict(), **_states(parts)})
+                    save(parts)
                 if stop[0]:
                     bar.close()
                     raise Interrupted(f"interrupted at step {step}; checkpoint saved to "
                                       f"{checkpointer.path if checkpointer else '(none)'}")
+
+            if stage_cache and key and logged is not None:
+                finite.raise_if_bad(None)  # never store a stage that went NaN
+                stage_cache.store(key, stage, [h for h in history if h["step"] > first_step],
+                                  logged, time.perf_counter() - stage_time)
     bar.close()
     if not history:  # zero steps: still report the untrained model
         history.append({"step": 0, "stage": "none", "time_s": 0.0,
@@ -191,6 +237,16 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
 def _short(tag: str) -> str:
     """A progress-bar name: the tag's last part ("loss/domain" → "domain"), "lr" for rates."""
     return "lr" if tag.startswith("lr/") else tag.rsplit("/", 1)[-1]
+
+
+def _seed_stage(seed: int, index: int) -> None:
+    """Each stage's own random draws (dropout, VAT's random directions) start from a seed of
+    their own, as its batch streams do: the stage's result then does not depend on what the
+    method drew before it, so one stored stage serves methods whose other parts differ."""
+    stage_seed = seed * 1000 + index * 10 + 9  # the streams take seed * 1000 + index * 10 + k
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
 
 
 def _prepare(stage: Stage, index: int, seed: int, batch_size: int,
