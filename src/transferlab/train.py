@@ -166,6 +166,10 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             done = min(max(step - stage_start, 0), stage.steps)  # steps of it already run
             first_step, stage_start = stage_start, stage_start + stage.steps
             if done == stage.steps:
+                if resume and resume["step"] == stage_start:
+                    # Checkpointed at this stage's end: a later stage may carry on with its
+                    # optimizers (DIRT-T continues VADA's Adam).
+                    _restore({"optimizers": stage.optimizers}, resume)
                 continue
             bar.set_description(stage.name)
             streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method)

@@ -22,8 +22,12 @@ def kl_divergence(p_logits: Tensor, q_logits: Tensor) -> Tensor:
 
 
 def _unit(d: Tensor) -> Tensor:
-    """Each sample's perturbation scaled to L2 norm 1 (over all its pixels and channels)."""
-    return F.normalize(d.flatten(1), dim=1, eps=1e-12).view_as(d)
+    """Each sample's perturbation scaled to L2 norm 1 (over all its pixels and channels).
+    Divided by its largest entry first: the gradients of a ξ-sized step are far smaller than
+    any fixed epsilon of a plain normalisation."""
+    flat = d.flatten(1)
+    flat = flat / flat.abs().amax(1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+    return F.normalize(flat, dim=1).view_as(d)
 
 
 def adversarial_perturbation(model: Callable[[Tensor], Tensor], x: Tensor, logits: Tensor,
@@ -31,16 +35,15 @@ def adversarial_perturbation(model: Callable[[Tensor], Tensor], x: Tensor, logit
     """The virtual adversarial perturbation of each sample of `x`: norm `radius`, direction
     found by `iterations` power-iteration steps with finite-difference scale `xi`. `logits`
     are the model's outputs on `x` (treated as constants)."""
-    target = logits.detach()
-    # In fp32 even under bf16 autocast: a perturbation of size xi = 1e-6 would round away.
+    x, target = x.detach(), logits.detach().to(x.dtype)
+    # In the inputs' precision even under bf16 autocast: a step of xi = 1e-6 would round away.
     with torch.autocast(x.device.type, enabled=False):
-        x32, target = x.detach().float(), target.float()
-        d = _unit(torch.randn_like(x32))
+        d = _unit(torch.randn_like(x))
         for _ in range(iterations):
             d.requires_grad_(True)
-            divergence = kl_divergence(target, model(x32 + xi * d)).sum()
+            divergence = kl_divergence(target, model(x + xi * d)).sum()
             d = _unit(torch.autograd.grad(divergence, d)[0].detach())
-    return radius * d.to(x.dtype)
+    return radius * d
 
 
 def vat_loss(model: Callable[[Tensor], Tensor], x: Tensor, logits: Tensor, radius: float,
