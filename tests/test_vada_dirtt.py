@@ -17,63 +17,18 @@ import torch.nn.functional as F
 
 from conftest import ROOT, TINY_FAST, run_cli
 from helpers import compose_config
+from steps import assert_same_steps, batches, build_method, expected_step, sgd_step
 from test_reliability import KILLER
 from transferlab.cli import build, build_evaluators
-from transferlab.data.domain import DomainPair, as_input
 from transferlab.losses.entropy import entropy
 from transferlab.losses.vat import kl_divergence, vat_loss
-from transferlab.methods.base import Method
 from transferlab.train import TrainerConfig, fit
 
 WEIGHTS = ("method.lambda_d=0.3", "method.lambda_s=0.7", "method.lambda_t=0.2")
 
 
-def build_method(*overrides: str) -> tuple[DomainPair, Method]:
-    cfg = compose_config("data=tiny", "device=cpu", *overrides)
-    torch.manual_seed(0)
-    pair, method = build(cfg, torch.device("cpu"))
-    return pair, method.double()
-
-
-def batches(pair: DomainPair, n: int = 12) -> dict:
-    g = torch.Generator().manual_seed(0)
-    view = pair.training_view(target_labels=False)
-
-    def take(split):
-        index = torch.randperm(len(split), generator=g)[:n]
-        return as_input(split.images[index], pair.channels).double(), split.labels[index]
-
-    return {"source": take(view.source), "target": take(view.target)}
-
-
-def sgd_step(method: Method, update, batch: dict, seed: int = 7) -> tuple[dict, dict]:
-    """Run `update` with its optimizer replaced by plain SGD at rate 1, so that each
-    parameter changes by minus its gradient; return the changes and the logged scalars."""
-    params = [p for g in method._optimizer.param_groups for p in g["params"]]
-    method._optimizer = torch.optim.SGD(params, lr=1.0)
-    trained = {n: p for n, p in method.named_parameters() if p.requires_grad}
-    before = {n: p.detach().clone() for n, p in trained.items()}
-    torch.manual_seed(seed)
-    scalars = update(batch, 0.0)
-    return {n: p.detach() - before[n] for n, p in trained.items()}, scalars
-
-
-def expected_step(reference: Method, loss_fn, seed: int = 7) -> dict:
-    torch.manual_seed(seed)
-    loss = loss_fn()
-    loss.backward()
-    return {n: -p.grad if p.grad is not None else torch.zeros_like(p)
-            for n, p in reference.named_parameters()}
-
-
-def assert_same_steps(got: dict, expected: dict) -> None:
-    for name, delta in got.items():
-        torch.testing.assert_close(delta, expected[name], msg=name)
-
-
 def test_vada_update_follows_its_equation():
     pair, method = build_method("method=vada", *WEIGHTS)
-    method.stages(pair.training_view(False))
     reference = copy.deepcopy(method)
     batch = batches(pair)
     (xs, ys), (xt, _) = batch["source"], batch["target"]
@@ -96,7 +51,6 @@ def test_vada_update_follows_its_equation():
 
 def test_vada_predicts_with_the_moving_average_of_its_weights():
     pair, method = build_method("method=vada", "method.ema_decay=0.9")
-    method.stages(pair.training_view(False))
     start = copy.deepcopy(method.network.state_dict())
     method.update(batches(pair), 0.0)
     for name, value in method.average.state_dict().items():
@@ -109,7 +63,6 @@ def test_vada_predicts_with_the_moving_average_of_its_weights():
 
 def test_dirtt_refinement_follows_its_equation():
     pair, method = build_method("method=dirtt", "method.beta=0.5", "method.lambda_t=0.2")
-    method.stages(pair.training_view(False))
     with torch.no_grad():  # a teacher that differs from the student, so the KL term acts
         for p in method.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
