@@ -22,9 +22,20 @@ from test_reliability import KILLER
 from transferlab.cli import build, build_evaluators
 from transferlab.losses.entropy import entropy
 from transferlab.losses.vat import kl_divergence, vat_loss
+from transferlab.nn.backbones import dirtt_small
 from transferlab.train import TrainerConfig, fit
 
 WEIGHTS = ("method.lambda_d=0.3", "method.lambda_s=0.7", "method.lambda_t=0.2")
+
+
+def test_dirtt_small_ignores_each_images_per_channel_brightness_and_contrast():
+    net = dirtt_small(in_channels=3, num_classes=10, image_size=28).eval()
+    x = torch.randn(4, 3, 28, 28)
+    gain, shift = torch.tensor([2.0, 0.5, 3.0]).view(1, 3, 1, 1), torch.randn(4, 3, 1, 1)
+    torch.testing.assert_close(net(gain * x + shift), net(x), atol=1e-4, rtol=1e-4)
+    assert net.feature_dim == 64 * 7 * 7  # the discriminator sees the flattened 7x7 maps
+    plain = dirtt_small(in_channels=3, num_classes=10, image_size=28, instance_norm=False)
+    assert not torch.allclose(plain.eval()(gain * x + shift), plain(x), atol=1e-4)
 
 
 def test_vada_update_follows_its_equation():
