@@ -17,11 +17,12 @@ it instead of training:
   batch size and the run's seed (the stage's streams and random draws are seeded from it);
 - the evaluators (the stage's evaluation history is stored with it).
 
-An entry holds the modules' and optimizers' states after the stage, the random-number state,
-and the stage's evaluation history and logged scalars, so that a run that reuses it continues
-exactly as one that trained the stage (tests/test_stage_cache.py checks bit-identical results
-on CPU). Entries are small (the weights and optimizer state of one network) and never expire:
-delete the folder to reclaim the space. `trainer.reuse_stages=false` trains every stage.
+An entry holds the modules' and optimizers' states after the stage and the stage's evaluation
+history and logged scalars, so that a run that reuses it continues exactly as one that trained
+the stage (tests/test_stage_cache.py checks bit-identical results on CPU). The random state is
+not stored: the next stage seeds its own. Entries are small (the weights and optimizer state
+of one network) and never expire: delete the folder to reclaim the space.
+`trainer.reuse_stages=false` trains every stage.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 import transferlab
-from transferlab.checkpoint import load_safely, rng_state, save_atomic, set_rng_state
+from transferlab.checkpoint import load_safely, save_atomic
 from transferlab.data.domain import Split
 from transferlab.evaluation import Evaluator
 from transferlab.methods.base import Method, Stage
@@ -152,7 +153,6 @@ class StageCache:
             module.load_state_dict(entry["modules"][name])
         for optimizer, state in zip(stage.optimizers, entry["optimizers"], strict=True):
             optimizer.load_state_dict(state)
-        set_rng_state(entry["rng"])
         lr_tag = f"lr/{entry['stage']}"
         for values, step in entry["logged"]:
             log({(f"lr/{stage.name}" if k == lr_tag else k): v for k, v in values.items()}, step)
@@ -166,7 +166,7 @@ class StageCache:
               train_time_s: float) -> None:
         assert stage.reuse is not None
         entry = {"modules": {n: m.state_dict() for n, m in stage.reuse.modules.items()},
-                 "optimizers": [o.state_dict() for o in stage.optimizers], "rng": rng_state(),
+                 "optimizers": [o.state_dict() for o in stage.optimizers],
                  "history": history, "logged": logged, "stage": stage.name,
                  "made_by": self.origin, "made_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "train_time_s": round(train_time_s, 2)}
