@@ -35,12 +35,15 @@ def batches(pair: DomainPair, n: int = 12) -> dict[str, tuple[Tensor, Tensor]]:
     return {"source": take(view.source), "target": take(view.target)}
 
 
-def sgd_step(method: Method, update: Callable, batch: dict, seed: int = 7
-             ) -> tuple[dict[str, Tensor], dict]:
-    """Run `update` with the method's `_optimizer` replaced by SGD at rate 1; return how each
-    trained parameter changed and the logged scalars."""
+def sgd_step(method: Method, update: Callable, batch: dict, seed: int = 7,
+             optimizers: tuple[str, ...] = ("_optimizer",)) -> tuple[dict[str, Tensor], dict]:
+    """Run `update` with the method's `optimizers` (attribute names) each replaced by SGD at
+    rate 1 over the same parameters; return how each trained parameter changed and the logged
+    scalars."""
+    for name in optimizers:
+        params = [p for g in getattr(method, name).param_groups for p in g["params"]]
+        setattr(method, name, torch.optim.SGD(params, lr=1.0))
     trained = {n: p for n, p in method.named_parameters() if p.requires_grad}
-    method._optimizer = torch.optim.SGD(trained.values(), lr=1.0)
     before = {n: p.detach().clone() for n, p in trained.items()}
     torch.manual_seed(seed)
     scalars = update(batch, 0.0)

@@ -43,21 +43,33 @@ def test_vada_update_follows_its_equation():
     reference = copy.deepcopy(method)
     batch = batches(pair)
     (xs, ys), (xt, _) = batch["source"], batch["target"]
-    got, scalars = sgd_step(method, method.update, batch)
+    got, scalars = sgd_step(method, method.update, batch,
+                            optimizers=("_optimizer", "_d_optimizer"))
 
-    def loss():
-        net = reference.network
-        fs, ft = net.features(xs), net.features(xt)
-        ls, lt = net.head(fs), net.head(ft)
-        domain, _ = reference.adversarial(fs, ft, 0.3)  # the encoder sees -0.3 × its gradient
-        target_vat = vat_loss(net, xt, lt, radius=3.5, xi=1e-6)  # target first, as the update
-        source_vat = vat_loss(net, xs, ls, radius=3.5, xi=1e-6)
-        return (F.cross_entropy(ls, ys) + domain + 0.7 * source_vat
-                + 0.2 * (entropy(lt).mean() + target_vat))
-
-    assert_same_steps(got, expected_step(reference, loss))
-    assert {"loss/classification", "loss/domain", "loss/target_entropy", "loss/target_vat",
-            "loss/source_vat", "vada/domain_acc"} <= set(scalars)
+    net, discriminator = reference.network, reference.discriminator
+    fs, ft = net.features(xs), net.features(xt)
+    ls, lt = net.head(fs), net.head(ft)
+    # First the discriminator learns the domains (source 0, target 1) on fixed features...
+    domains = torch.tensor([0] * len(xs) + [1] * len(xt))
+    F.cross_entropy(discriminator(torch.cat([fs, ft]).detach()), domains).backward()
+    expected = {f"discriminator.{n}": -p.grad.clone()
+                for n, p in discriminator.named_parameters()}
+    with torch.no_grad():
+        for p in discriminator.parameters():
+            p -= p.grad
+    # ...then the classifier: its encoder fools the updated discriminator (labels swapped).
+    torch.manual_seed(7)  # VAT's random starts, target first as in the update
+    target_vat = vat_loss(net, xt, lt, radius=3.5, xi=1e-6)
+    source_vat = vat_loss(net, xs, ls, radius=3.5, xi=1e-6)
+    swapped = F.cross_entropy(discriminator(torch.cat([fs, ft])), 1 - domains)
+    loss = (F.cross_entropy(ls, ys) + 0.3 * swapped + 0.7 * source_vat
+            + 0.2 * (entropy(lt).mean() + target_vat))
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    expected |= {f"network.{n}": -g for (n, _), g in zip(net.named_parameters(), grads,
+                                                           strict=True)}
+    assert_same_steps(got, expected)
+    assert {"loss/classification", "loss/domain", "loss/discriminator", "loss/target_entropy",
+            "loss/target_vat", "loss/source_vat", "vada/domain_acc"} <= set(scalars)
 
 
 def test_vada_predicts_with_the_moving_average_of_its_weights():

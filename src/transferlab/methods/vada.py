@@ -8,12 +8,13 @@ minimises
                           + λ_t · (conditional entropy(target) + VAT(target))
 
 where VAT (Miyato et al.) penalises prediction changes within a ball of radius `radius`
-around each input. The domain loss is `DomainAdversarialLoss`: the discriminator learns at
-full rate and the encoder receives its gradient reversed and scaled by λ_d (the official code
-alternates a discriminator step and a non-saturating encoder step instead; both optimise the
-same minimax objective). As in the official code (github.com/RuiShu/dirt-t), one Adam
-optimizer at a constant rate trains everything, and predictions come from an exponential
-moving average of the weights (`ema_decay`, 0.998).
+around each input. As in the official code (github.com/RuiShu/dirt-t), the domain loss is the
+non-saturating form of the minimax game: each step, the discriminator first learns to tell
+the domains apart (its own Adam), then the encoder minimises the discriminator's cross-entropy
+against the swapped domain labels. (Gradient reversal, the saturating form, gives the encoder
+almost no gradient once the discriminator is confident; at λ_d = 0.01 the features then barely
+align.) One Adam optimizer at a constant rate trains the classifier, and predictions come from
+an exponential moving average of its weights (`ema_decay`, 0.998).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
-from transferlab.losses.adversarial import DomainAdversarialLoss
+from transferlab.losses.adversarial import domain_labels
 from transferlab.losses.entropy import entropy
 from transferlab.losses.vat import vat_loss
 from transferlab.methods.base import (
@@ -41,6 +42,7 @@ from transferlab.methods.base import (
     optimize,
 )
 from transferlab.nn import DomainDiscriminator
+from transferlab.nn.discriminator import SOURCE, TARGET
 
 
 class VADA(Method):
@@ -57,8 +59,7 @@ class VADA(Method):
         self.lambda_d, self.lambda_s, self.lambda_t = lambda_d, lambda_s, lambda_t
         self.radius, self.xi, self.ema_decay = radius, xi, ema_decay
         self.make_train_optimizer = train_optimizer
-        self.adversarial = DomainAdversarialLoss(
-            DomainDiscriminator(self.network.feature_dim, domain_hidden))
+        self.discriminator = DomainDiscriminator(self.network.feature_dim, domain_hidden)
         self.average = copy.deepcopy(self.network).requires_grad_(False)
         # What the VADA stage's result depends on besides its data, starting weights and
         # optimizer: a VADA run's stage is a DIRT-T run's first stage (see stage_cache).
@@ -72,27 +73,35 @@ class VADA(Method):
         return [self.vada_stage(view, self.steps)]
 
     def vada_stage(self, view: TrainingView, steps: int) -> Stage:
-        self._optimizer = self.optimizer(self.network, self.adversarial,
-                                         factory=self.make_train_optimizer)
-        trained = {"network": self.network, "adversarial": self.adversarial,
+        self._optimizer = self.optimizer(self.network, factory=self.make_train_optimizer)
+        self._d_optimizer = self.optimizer(self.discriminator, factory=self.make_train_optimizer)
+        trained = {"network": self.network, "discriminator": self.discriminator,
                    "average": self.average}
         return Stage("vada", steps, self.update, {"source": view.source, "target": view.target},
-                     [self._optimizer], anneal_lr=False, reuse=Reuse(trained, self.vada_settings))
+                     [self._optimizer, self._d_optimizer], anneal_lr=False,
+                     reuse=Reuse(trained, self.vada_settings))
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
         source_features, target_features = self.network.features(xs), self.network.features(xt)
         source_logits = self.network.head(source_features)
         target_logits = self.network.head(target_features)
+        features = torch.cat([source_features, target_features])
+        domains = domain_labels(len(xs), len(xt), features.device)
+        discriminator_loss = F.cross_entropy(self.discriminator(features.detach()), domains)
+        optimize(self._d_optimizer, discriminator_loss)
+
+        domain_logits = self.discriminator(features)
+        domain_loss = F.cross_entropy(domain_logits, SOURCE + TARGET - domains)  # swapped
         label_loss = F.cross_entropy(source_logits, ys)
-        domain_loss, domain_acc = self.adversarial(source_features, target_features,
-                                                   self.lambda_d)
         target_entropy = entropy(target_logits).mean()
         target_vat = self.vat(xt, target_logits)
-        loss = label_loss + domain_loss + self.lambda_t * (target_entropy + target_vat)
+        loss = (label_loss + self.lambda_d * domain_loss
+                + self.lambda_t * (target_entropy + target_vat))
         scalars = {"loss/classification": label_loss, "loss/domain": domain_loss,
+                   "loss/discriminator": discriminator_loss,
                    "loss/target_entropy": target_entropy, "loss/target_vat": target_vat,
-                   "vada/domain_acc": domain_acc}
+                   "vada/domain_acc": (domain_logits.argmax(1) == domains).float().mean()}
         if self.lambda_s:
             source_vat = self.vat(xs, source_logits)
             loss = loss + self.lambda_s * source_vat
