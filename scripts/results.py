@@ -15,16 +15,18 @@ import platform
 import statistics
 from pathlib import Path
 
-from transferlab.summarize import Run, group_runs, load_runs, mean_std
+from transferlab.summarize import Group, Run, group_runs, load_runs, mean_std
 
-METHODS = ("source_only", "dann", "adda", "dan", "coral", "cdan", "mdd", "iwerm", "finetune",
-           "target_only")
+METHODS = ("source_only", "dann", "dann+mcc", "adda", "dan", "coral", "cdan", "mdd", "iwerm",
+           "mcc", "mcd", "vada", "dirtt", "finetune", "target_only")
 # Target-domain test accuracy as published: DANN paper (Ganin & Lempitsky 2015, Table 1) for
-# MNIST→MNIST-M; ADDA paper (Tzeng et al. 2017, Table 2) for the others. The papers of DAN,
-# Deep CORAL, CDAN and MDD report no MNIST→MNIST-M result and instance weighting has no single
-# paper, so their rows show "—"; for the other pairs only the ADDA paper's protocol is listed.
+# MNIST→MNIST-M, and for VADA and DIRT-T the DIRT-T paper (Shu et al. 2018, Table 2, without
+# instance normalisation); ADDA paper (Tzeng et al. 2017, Table 2) for the others. The papers of
+# DAN, Deep CORAL, CDAN, MDD, MCD and MCC report no MNIST→MNIST-M result and instance
+# weighting has no single paper, so their rows show "—".
 PUBLISHED = {
-    "mnist_mnistm": {"source_only": 0.5225, "dann": 0.7666, "target_only": 0.9596},
+    "mnist_mnistm": {"source_only": 0.5225, "dann": 0.7666, "vada": 0.957, "dirtt": 0.989,
+                     "target_only": 0.9596},
     "mnist_usps": {"source_only": 0.752, "adda": 0.894},
     "usps_mnist": {"source_only": 0.57, "adda": 0.901},
     "svhn_mnist": {"source_only": 0.601, "adda": 0.760},
@@ -33,8 +35,26 @@ TITLES = {"mnist_mnistm": "MNIST → MNIST-M", "mnist_usps": "MNIST → USPS",
           "usps_mnist": "USPS → MNIST", "svhn_mnist": "SVHN → MNIST"}
 MISSING = {"mnist_usps": "USPS", "usps_mnist": "USPS", "svhn_mnist": "SVHN"}
 COMMAND = ("python -m transferlab -m experiment={exp} "
-           "method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm "
-           "seed=0,1,2")
+           "method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm,"
+           "mcc,mcd,vada,dirtt seed=0,1,2")
+STACKED = "method.regularizers."
+
+
+def row_name(group: Group) -> str:
+    """The method with its stacked regularisers (`dann+mcc`)."""
+    regularizers = dict.fromkeys(k[len(STACKED):].split(".")[0] for k in group.config
+                                 if k.startswith(STACKED))
+    return "+".join([group.choices["method"], *regularizers])
+
+
+def varies(group: Group) -> str:
+    """The keys that tell the group from others of its method, but its regularisers'."""
+    return " ".join(f"{k}={v}" for k, v in group.differing.items() if not k.startswith(STACKED))
+
+
+def reused_first_stage(run: Run) -> bool:
+    events = json.loads((run.path / "results.json").read_text()).get("stage_cache", [])
+    return isinstance(events, list) and any(e.get("action") == "reused" for e in events)
 
 
 def hardware() -> str:
@@ -60,24 +80,28 @@ def experiment_section(exp: str, runs: list[Run]) -> list[str]:
         lines += [f"| {m} | not yet measured here | {published.get(m, '—')} |" for m in METHODS]
         return [*lines, ""]
     order = {m: i for i, m in enumerate(METHODS)}
-    groups = sorted(group_runs(runs), key=lambda g: (order.get(g.choices["method"], 99),
-                                                      g.varies))
+    groups = sorted(group_runs(runs), key=lambda g: (order.get(row_name(g), 99), varies(g)))
     lines += [f"Command: `{COMMAND.format(exp=exp)}` (3 seeds; mean ± sample std). Rows with "
               "overrides were run with those added.", "",
               "| method | target acc (ours) | target acc (published) | source acc (ours) | "
               "source val acc | seeds | wall time per run (s) |",
               "|---|---|---|---|---|---|---|"]
     for group in groups:
-        method = group.choices["method"]
+        method = row_name(group)
         done = group.completed
-        walls = ", ".join(f"{r.wall_time_s:.0f}" for r in done)
+        walls = ", ".join(f"{r.wall_time_s:.0f}{'*' if reused_first_stage(r) else ''}"
+                          for r in done)
         failed = f" ({len(group.failed)} failed)" if group.failed else ""
-        name = f"{method} ({group.varies})" if group.varies else method
+        name = f"{method} ({varies(group)})" if varies(group) else method
         lines.append(f"| {name} | {mean_std(*group.stats('target_acc'))} | "
                      f"{published.get(method, '—')} | "
                      f"{mean_std(*group.stats('source_acc'))} | "
                      f"{mean_std(*group.stats('source_val_acc'))} | "
                      f"{len(done)}{failed} | {walls} |")
+    if any(reused_first_stage(r) for g in groups for r in g.completed):
+        lines += ["", "\\* reused a first stage stored by an earlier run with identical inputs "
+                  "(`stage_cache` in its results.json; `src/transferlab/stage_cache.py`): its "
+                  "wall time excludes that stage."]
     return [*lines, ""]
 
 
@@ -99,7 +123,7 @@ def plot_curves(exp: str, runs: list[Run], out: Path) -> str | None:
         if not steps:
             continue
         means = [statistics.fmean(h[s] for h in histories) for s in steps]
-        label = " ".join(filter(None, [group.choices["method"], group.varies]))
+        label = " ".join(filter(None, [row_name(group), varies(group)]))
         ax.plot(steps, means, marker="o", ms=3, label=label)
     for method, value in PUBLISHED[exp].items():
         ax.axhline(value, ls=":", lw=0.8, color="grey")

@@ -44,6 +44,15 @@ def make_photos(root: Path, n: int = 3, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def stage_cache(tmp_path_factory) -> Path:
+    """Runs made by tests store and reuse stages in a folder of this session, never in the
+    user's cache (runs in subprocesses inherit the variable)."""
+    folder = tmp_path_factory.mktemp("stages")
+    os.environ["TRANSFERLAB_STAGE_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     """A data root with a tiny MNIST and three BSDS500-like photos."""

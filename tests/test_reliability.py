@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_FAST, run_cli
-from helpers import run_in_process
+from helpers import choices_of, run_in_process
 from transferlab import summarize
 from transferlab.checkpoint import Checkpointer, load_safely, save_atomic
 from transferlab.cli import CONFIG_DIR
@@ -216,8 +216,8 @@ def test_same_seed_same_metrics_different_seed_different_run(tmp_path: Path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("method=danm", "method=danm is not a valid choice; valid: adda, cdan, coral, dan, dann, "
-                    "finetune, iwerm, mdd, source_only, target_only"),
+    ("method=danm", "method=danm is not a valid choice; valid: "
+                    + ", ".join(choices_of("method"))),
     ("trainer.steps=-5", "trainer.steps=-5 is invalid: must be an integer >= 0"),
     ("trainer.batch_size=abc", "trainer.batch_size='abc' is invalid: must be an integer >= 1"),
     ("method=finetune method.shots=0", "method.shots=0 is invalid: must be an integer >= 1"),

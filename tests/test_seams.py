@@ -55,7 +55,8 @@ def test_lr_multipliers_give_parameter_groups_their_own_rates():
 
 @pytest.mark.parametrize("name,labelled", [("dann", False), ("adda", False),
                                            ("source_only", False), ("target_only", True),
-                                           ("finetune", True)])
+                                           ("finetune", True), ("mcc", False), ("mcd", False),
+                                           ("vada", False), ("dirtt", False)])
 def test_methods_see_target_labels_only_when_they_declare_it(name: str, labelled: bool):
     cfg = compose_config("data=tiny", f"method={name}", "device=cpu")
     pair, method = build(cfg, torch.device("cpu"))

@@ -34,6 +34,8 @@ from transferlab.memory import check_batch_fits, out_of_memory_explained
 from transferlab.methods.base import Method
 from transferlab.overrides import check_keys
 from transferlab.run_folder import RunFolder, check_writable, output_folder
+from transferlab.stage_cache import StageCache
+from transferlab.stage_cache import default_folder as default_stage_folder
 from transferlab.stops import graceful_stops
 from transferlab.train import TrainerConfig, fit, training_precision
 
@@ -156,6 +158,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
                                     keep_best is None
                                     or objective_direction(keep_best, cfg) == "maximize")
         resume = checkpointer.load()
+        stage_cache = (StageCache(Path(cfg.trainer.stage_cache or default_stage_folder()),
+                                  origin=str(out_dir)) if cfg.trainer.reuse_stages else None)
         if resume:
             folder.check_resumable(checkpointer.path, resume["config"])
             log.info(f"resuming from {checkpointer.path} at step {resume['step']}")
@@ -188,7 +192,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
 
             history = fit(method, pair, trainer, cfg.seed, log_scalars, evaluators,
                           checkpointer, resume, stop=stop,
-                          on_evaluation=lambda history: folder.update(history=history))
+                          on_evaluation=lambda history: folder.update(history=history),
+                          stage_cache=stage_cache)
         metrics = {k: history[-1][k] for k in evaluators}
         if cfg.analysis.at_end:
             from transferlab.analysis import measure
@@ -199,7 +204,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
         folder.update(status="completed", metrics=metrics, history=history,
                       steps=history[-1]["step"], device=str(device),
                       domains={"source": pair.source.name, "target": pair.target.name},
-                      method=method.results(), best=checkpointer.best)
+                      method=method.results(), best=checkpointer.best,
+                      stage_cache=stage_cache.events if stage_cache else "off")
         log.info(results_table(pair, evaluators, metrics))
         log.info(f"run folder: {out_dir}")
         return metrics

@@ -68,6 +68,7 @@ OPERATIONAL_KEYS = frozenset({
     "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
     "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads", "trainer.keep_best",
     "analysis.at_end", "analysis.samples",
+    "trainer.stage_cache", "trainer.reuse_stages",  # a reused stage equals a trained one
 })
 
 
@@ -115,6 +116,8 @@ SCHEMA: dict[str, Rule] = {
     "trainer.progress_bar": Rule(bool),
     "trainer.precision": Rule(str, choices=("auto", "fp32", "bf16")),
     "trainer.num_threads": Rule(int, min=1, nullable=True),
+    "trainer.reuse_stages": Rule(bool),
+    "trainer.stage_cache": Rule(str, nullable=True),
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),
     "trainer.lr_schedule.beta": Rule(float, min=0),
@@ -135,28 +138,37 @@ def validate(cfg: DictConfig) -> None:
     Rule(str, choices=measured).check("objective", cfg.objective)
     Rule(str, choices=measured, nullable=True).check(
         "trainer.keep_best", OmegaConf.select(cfg, "trainer.keep_best", default=None))
-    method = get_class(cfg.method._target_)
-    hints = typing.get_type_hints(method.__init__)
-    limits: dict[str, Rule] = getattr(method, "limits", {})
-    for name in inspect.signature(method).parameters:
-        if name not in cfg.method:
+    _check_arguments("method", cfg.method)
+    for name, regularizer in (cfg.method.get("regularizers") or {}).items():
+        _check_arguments(f"method.regularizers.{name}", regularizer)
+
+
+def _check_arguments(prefix: str, node: DictConfig) -> None:
+    """The keys of a `_target_` node against its class's type hints and `limits`."""
+    target = get_class(node._target_)
+    hints = typing.get_type_hints(target.__init__)
+    limits: dict[str, Rule] = getattr(target, "limits", {})
+    for name in inspect.signature(target).parameters:
+        if name not in node:
             continue
         rule = limits.get(name) or (Rule(hints[name]) if hints.get(name) in _KINDS else None)
         if rule:
-            rule.check(f"method.{name}", cfg.method[name])
+            rule.check(f"{prefix}.{name}", node[name])
 
 
 def check_choices(overrides: list[str], config_dir: str) -> None:
     """One-line error for `group=choice` overrides naming a config that does not exist, before
-    Hydra prints its multi-line report. Sweeps (`method=a,b`) are checked choice by choice."""
+    Hydra prints its multi-line report. Sweeps (`method=a,b`) are checked choice by choice, and
+    lists (`+method/regularizers=[mcc,entropy]`) item by item. Hydra's own groups (`hydra/...`)
+    also have configs from plugins, so they are left to Hydra."""
     root = Path(config_dir)
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
         folder = root / key
-        if not sep or "/" in key or not folder.is_dir() or value.startswith(("[", "{")):
+        if not sep or key.startswith("hydra/") or not folder.is_dir() or value.startswith("{"):
             continue
         valid = sorted(p.stem for p in folder.glob("*.yaml"))
-        for choice in value.split(","):
+        for choice in filter(None, value.strip("[]").split(",")):
             if choice.strip() not in valid:
                 raise UserError(f"{key}={choice.strip()} is not a valid choice; valid: "
                                 f"{', '.join(valid)}")

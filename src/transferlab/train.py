@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
@@ -18,6 +20,7 @@ from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator, evaluate
 from transferlab.methods.base import Method, Stage
+from transferlab.stage_cache import Logged, StageCache
 from transferlab.stops import Interrupted, StopRequest
 
 Metrics = dict[str, float]
@@ -94,12 +97,15 @@ class FiniteCheck:
 def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Log,
         evaluators: Mapping[str, Evaluator], checkpointer: Checkpointer | None = None,
         resume: dict[str, Any] | None = None, stop: StopRequest | None = None,
-        on_evaluation: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        on_evaluation: Callable[[list[dict]], None] | None = None,
+        stage_cache: StageCache | None = None) -> list[dict]:
     """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
     evaluation history. `log(scalars, step)` receives losses, learning rates and the
     evaluators' values (as `val/<name>`); `on_evaluation(history)` the history after each
     evaluation. Once `stop` is set (by a signal, see transferlab.stops), the loop finishes
-    its step, saves a checkpoint and raises `Interrupted`."""
+    its step, saves a checkpoint and raises `Interrupted`. With a `stage_cache`, stages the
+    method marks reusable are loaded from it when already trained, and stored in it when
+    trained here."""
     stages = method.stages(pair.training_view(method.uses_target_labels))
     total = sum(s.steps for s in stages)
     step, history = (resume["step"], resume["history"]) if resume else (0, [])
@@ -108,12 +114,33 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         set_rng_state(resume["rng"])
     finite = FiniteCheck()
     device = pair.source_val.images.device
-    bf16 = training_precision(cfg.precision, device) == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    precision = training_precision(cfg.precision, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     normalization = method.network.normalization
     start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     stage_start = 0
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
+    logged: Logged | None = None  # what a stage that will be stored logs
+
+    def emit(values: dict[str, float], at: int) -> None:
+        log(values, at)
+        if logged is not None:
+            logged.append((values, at))
+
+    def save(parts: dict[str, list]) -> None:
+        assert checkpointer is not None
+        checkpointer.save({"step": step, "history": history, "method": method.state_dict(),
+                           **_states(parts)})
+
+    def fingerprint(stage: Stage, index: int, first: int, last: int) -> str:
+        assert stage_cache is not None
+        return stage_cache.key(
+            stage, method, seed=seed, index=index, first_step=first,
+            eval_steps=[s for s in range(first + 1, last + 1)
+                        if s % cfg.eval_every == 0 or s == total],
+            batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+            precision=precision, device=device, channels=pair.channels,
+            evaluation_splits=pair.splits(), evaluators=evaluators)
 
     def kept() -> str | None:  # the checkpoint a NaN stop leaves, if one was written yet
         return str(checkpointer.path) if checkpointer and checkpointer.exists() else None
@@ -122,18 +149,37 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
               dynamic_ncols=True) as bar:
         for index, stage in enumerate(stages):
             done = min(max(step - stage_start, 0), stage.steps)  # steps of it already run
-            stage_start += stage.steps
+            first_step, stage_start = stage_start, stage_start + stage.steps
             if done == stage.steps:
+                if resume and resume["step"] == stage_start:
+                    # Checkpointed at this stage's end: a later stage may carry on with its
+                    # optimizers (DIRT-T continues VADA's Adam).
+                    _restore({"optimizers": stage.optimizers}, resume)
                 continue
             bar.set_description(stage.name)
             streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method)
             parts = {"optimizers": stage.optimizers, "schedulers": schedulers,
                      "streams": list(streams.values())}
+            key = None
             if done > 0 and resume:
                 _restore(parts, resume)
-            elif stage.on_start:
-                stage.on_start()
+            else:
+                _seed_stage(seed, index)
+                if stage.on_start:
+                    stage.on_start()
+                if stage_cache and stage.reuse:
+                    key = fingerprint(stage, index, first_step, stage_start)
+                    if entry := stage_cache.load(key):  # trained before: load, don't train
+                        elapsed = round(time.perf_counter() - start, 2)
+                        history += stage_cache.reuse(key, entry, stage, log, elapsed)
+                        step = stage_start
+                        bar.update(stage.steps)
+                        if checkpointer:
+                            save(parts)
+                        continue
             method.train()
+            logged = [] if key else None
+            stage_time = time.perf_counter()
 
             for i in range(done, stage.steps):
                 batch = {name: (as_input(x, pair.channels, normalization), y)
@@ -150,25 +196,29 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                               for k, v in scalars.items()}
                     group = stage.optimizers[0].param_groups[0]
                     values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
-                    log(values, step)
+                    emit(values, step)
                     bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
                 if step % cfg.eval_every == 0 or step == total:
                     finite.raise_if_bad(kept())
                     metrics = evaluate(method, pair, evaluators, cfg.eval_batch_size)
                     history.append({"step": step, "stage": stage.name, **metrics,
                                     "time_s": round(time.perf_counter() - start, 2)})
-                    log({f"val/{k}": v for k, v in metrics.items()}, step)
+                    emit({f"val/{k}": v for k, v in metrics.items()}, step)
                     if on_evaluation:
                         on_evaluation(history)
                     if checkpointer:
                         checkpointer.keep_if_best(step, metrics, method)
                 if checkpointer and (checkpointer.due(step) or step == total or stop):
                     finite.raise_if_bad(kept())
-                    checkpointer.save({"step": step, "history": history,
-                                       "method": method.state_dict(), **_states(parts)})
+                    save(parts)
                 if stop and step < total:
                     raise Interrupted(f"stopped by {stop.name} at step {step}; checkpoint "
                                       f"saved to {kept() or '(none)'}", stop.signum)
+
+            if stage_cache and key and logged is not None:
+                finite.raise_if_bad(None)  # never store a stage that went NaN
+                stage_cache.store(key, stage, [h for h in history if h["step"] > first_step],
+                                  logged, time.perf_counter() - stage_time)
     if not history:  # zero steps: still report the untrained model
         history.append({"step": 0, "stage": "none", "time_s": 0.0,
                         **evaluate(method, pair, evaluators, cfg.eval_batch_size)})
@@ -178,6 +228,16 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
 def _short(tag: str) -> str:
     """A progress-bar name: the tag's last part ("loss/domain" → "domain"), "lr" for rates."""
     return "lr" if tag.startswith("lr/") else tag.rsplit("/", 1)[-1]
+
+
+def _seed_stage(seed: int, index: int) -> None:
+    """Each stage's own random draws (dropout, VAT's random directions) start from a seed of
+    their own, as its batch streams do: the stage's result then does not depend on what the
+    method drew before it, so one stored stage serves methods whose other parts differ."""
+    stage_seed = seed * 1000 + index * 10 + 9  # the streams take seed * 1000 + index * 10 + k
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
 
 
 def _prepare(stage: Stage, index: int, seed: int, batch_size: int,

@@ -49,7 +49,7 @@ class ADDA(Method):
 
     def stages(self, view: TrainingView) -> list[Stage]:
         pretrain = supervised_stage("pretrain", self.network, self.optimizer(self.network),
-                                    view.source, self.pretrain_steps)
+                                    view.source, self.pretrain_steps, reusable=True)
         self._d_optimizer = self.optimizer(self.discriminator, factory=self.make_adapt_optimizer)
         self._t_optimizer = self.optimizer(self.target_encoder,
                                            factory=self.make_adapt_optimizer)

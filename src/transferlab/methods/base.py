@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from transferlab.data.domain import Split, TrainingView
+from transferlab.errors import UserError
 from transferlab.nn import Classifier
 from transferlab.schedules import annealed_lr
+
+if TYPE_CHECKING:  # regularizers import config, which imports this module through evaluation
+    from transferlab.methods.regularizers import Regularizer
 
 Batch = dict[str, tuple[Tensor, Tensor]]  # stream name → (float images, labels)
 # (batch, progress in [0,1)) → scalars to log (tensors or numbers); None logs nothing.
@@ -28,11 +32,24 @@ OptimizerFactory = Callable[..., Optimizer]
 DomainName = Literal["source", "target"]
 
 
+@dataclass(frozen=True)
+class Reuse:
+    """Marks a stage whose result the loop may store and reuse in a later run (a pretraining
+    stage): `modules` are everything the stage changes besides its optimizers, `settings`
+    what else its update depends on (its kind and hyperparameters). Stages of different
+    methods with equal settings must train and predict alike; the loop's fingerprint covers
+    the rest (data, the starting state of the modules and optimizers, steps, seed, the loop's
+    settings, the code). See `transferlab.stage_cache`."""
+
+    modules: Mapping[str, nn.Module]
+    settings: Mapping[str, Any]
+
+
 @dataclass
 class Stage:
     """A phase of training. `data` names the splits to stream batches from, all taken from the
     `TrainingView`; `on_start` runs once when the stage begins (not again when a run resumes
-    inside it)."""
+    inside it); `reuse`, if set, lets the loop cache the stage's result."""
 
     name: str
     steps: int
@@ -41,6 +58,7 @@ class Stage:
     optimizers: list[Optimizer]
     anneal_lr: bool = True
     on_start: Callable[[], None] | None = None
+    reuse: Reuse | None = None
 
 
 def optimize(optimizer: Optimizer, loss: Tensor) -> None:
@@ -50,9 +68,10 @@ def optimize(optimizer: Optimizer, loss: Tensor) -> None:
 
 
 def supervised_stage(name: str, network: Classifier, optimizer: Optimizer, split: Split,
-                     steps: int) -> Stage:
+                     steps: int, reusable: bool = False) -> Stage:
     """Cross-entropy on a labelled split: source-only, target-only, and the pretraining and
-    fine-tuning stages of ADDA and fine-tune all use this one step."""
+    fine-tuning stages of ADDA and fine-tune all use this one step. `reusable`: one run's
+    result serves the others (source-only's training is ADDA's and fine-tune's pretraining)."""
 
     def update(batch: Batch, progress: float) -> dict[str, Tensor]:
         x, y = batch["labelled"]
@@ -60,7 +79,8 @@ def supervised_stage(name: str, network: Classifier, optimizer: Optimizer, split
         optimize(optimizer, loss)
         return {"loss/classification": loss}
 
-    return Stage(name, steps, update, {"labelled": split}, [optimizer])
+    reuse = Reuse({"network": network}, {"update": "supervised"}) if reusable else None
+    return Stage(name, steps, update, {"labelled": split}, [optimizer], reuse=reuse)
 
 
 class Method(nn.Module):
@@ -75,11 +95,20 @@ class Method(nn.Module):
     # Methods that train on target labels by design (the oracle, few-shot fine-tuning) set
     # this; everything else sees target labels as -1. Recorded in results.json.
     uses_target_labels: ClassVar[bool] = False
+    # One-stage methods whose update passes its loss through `regularized` set this: they
+    # take `method.regularizers` (see methods/regularizers.py).
+    takes_regularizers: ClassVar[bool] = False
 
     def __init__(self, network: Classifier, optimizer: OptimizerFactory, steps: int,
                  seed: int = 0, lr_alpha: float = 10.0, lr_beta: float = 0.75,
-                 lr_mult: Mapping[str, float] | None = None) -> None:
+                 lr_mult: Mapping[str, float] | None = None,
+                 regularizers: Mapping[str, Regularizer] | None = None) -> None:
         super().__init__()
+        if regularizers and not self.takes_regularizers:
+            raise UserError(f"method.regularizers={', '.join(regularizers)}: "
+                            f"{type(self).__name__} does not take regularizers; one-stage "
+                            "methods do (dann, mcc, vada)")
+        self.regularizers = dict(regularizers or {})
         self.network = network
         self.make_optimizer = optimizer
         self.steps = steps
@@ -116,6 +145,16 @@ class Method(nn.Module):
 
     def stages(self, view: TrainingView) -> list[Stage]:
         raise NotImplementedError
+
+    def regularized(self, loss: Tensor, target_logits: Tensor,
+                    scalars: dict[str, Tensor | float]) -> Tensor:
+        """`loss` plus each configured regulariser's weighted term on the target batch's
+        logits; each term is added to `scalars` as `regularizer/<name>`."""
+        for name, regularizer in self.regularizers.items():
+            term = regularizer(target_logits)
+            scalars[f"regularizer/{name}"] = term
+            loss = loss + regularizer.weight * term
+        return loss
 
     def outputs(self, x: Tensor, domain: DomainName) -> tuple[Tensor, Tensor]:
         """Features and class logits for images of `domain`; methods with a separate target

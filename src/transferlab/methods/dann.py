@@ -24,6 +24,7 @@ from transferlab.schedules import dann_lambda
 
 
 class DANN(Method):
+    takes_regularizers = True
     limits: ClassVar = {"lambda_gamma": Rule(float, min=0), "lambda_max": Rule(float, min=0)}
 
     def __init__(self, lambda_gamma: float = 10.0, lambda_max: float = 1.0,
@@ -46,6 +47,10 @@ class DANN(Method):
         label_loss = F.cross_entropy(self.network.head(features[: len(xs)]), ys)
         lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
         domain_loss, domain_acc = self.adversarial(features[: len(xs)], features[len(xs):], lam)
-        optimize(self._optimizer, label_loss + domain_loss)
-        return {"loss/classification": label_loss, "loss/domain": domain_loss,
-                "dann/lambda": lam, "dann/domain_acc": domain_acc}
+        scalars = {"loss/classification": label_loss, "loss/domain": domain_loss,
+                   "dann/lambda": lam, "dann/domain_acc": domain_acc}
+        loss = label_loss + domain_loss
+        if self.regularizers:  # the target logits only when a stacked term reads them
+            loss = self.regularized(loss, self.network.head(features[len(xs):]), scalars)
+        optimize(self._optimizer, loss)
+        return scalars

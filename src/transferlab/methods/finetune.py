@@ -46,7 +46,7 @@ class FineTune(Method):
         self.shot_indices = few_shot_indices(view.target.labels, self.shots, self.num_classes,
                                              self.seed)
         pretrain = supervised_stage("pretrain", self.network, self.optimizer(self.network),
-                                    view.source, self.pretrain_steps)
+                                    view.source, self.pretrain_steps, reusable=True)
         tune_optimizer = self.make_optimizer([
             {"params": self.network.encoder.parameters(), "lr": self.backbone_lr},
             {"params": self.network.head.parameters(), "lr": self.head_lr},

@@ -21,4 +21,4 @@ class Supervised(Method):
     def stages(self, view: TrainingView) -> list[Stage]:
         split = view.source if self.train_on == "source" else view.target
         return [supervised_stage(f"train-{self.train_on}", self.network,
-                                 self.optimizer(self.network), split, self.steps)]
+                                 self.optimizer(self.network), split, self.steps, reusable=True)]

@@ -43,12 +43,14 @@ class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int, head_hidden: Sequence[int] = (),
                  in_channels: int = 3, image_size: int = 28, feature_dim: int | None = None,
                  normalization: tuple[Sequence[float], Sequence[float]] = ((0.5,), (0.5,)),
-                 lr_mult: Mapping[str, float] | None = None) -> None:
+                 lr_mult: Mapping[str, float] | None = None,
+                 head: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
         self.feature_dim = feature_dim or self._probe_feature_dim(in_channels, image_size)
-        self.head = mlp(self.feature_dim, head_hidden, num_classes)
+        # A backbone's own head (e.g. convolutions on the unflattened features), else an MLP.
+        self.head = head if head is not None else mlp(self.feature_dim, head_hidden, num_classes)
         mean, std = normalization
         self.normalization = (tuple(mean), tuple(std))
         self.lr_mult = dict(lr_mult or {})
