@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from transferlab.checkpoint import Checkpointer, set_rng_state
+from transferlab.data.augment import Augment
 from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator, evaluate
@@ -31,7 +32,7 @@ class TrainerConfig:
 
     batch_size: int
     eval_every: int
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 256
     log_every: int = 50
     checkpoint_every: int = 1000
     progress_bar: bool = True
@@ -127,10 +128,10 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         method.load_state_dict(resume["method"])
         set_rng_state(resume["rng"])
     finite = FiniteCheck()
-    device = pair.source_val.images.device
+    device = pair.device
     bf16 = training_precision(cfg.precision, device) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    normalization = method.network.normalization
+    channels, normalization = method.network.in_channels, method.network.normalization
     start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     bar = tqdm(total=total, initial=step, disable=not cfg.progress_bar, dynamic_ncols=True)
     stage_start = 0
@@ -141,7 +142,8 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             if done == stage.steps:
                 continue
             bar.set_description(stage.name)
-            streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method)
+            streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method,
+                                           pair.augment)
             parts = {"optimizers": stage.optimizers, "schedulers": schedulers,
                      "streams": list(streams.values())}
             if done > 0 and resume:
@@ -151,7 +153,7 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             method.train()
 
             for i in range(done, stage.steps):
-                batch = {name: (as_input(x, pair.channels, normalization), y)
+                batch = {name: (as_input(x, channels, normalization), y)
                          for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
                 with autocast:
                     scalars = stage.update(batch, i / stage.steps) or {}
@@ -193,9 +195,10 @@ def _short(tag: str) -> str:
     return "lr" if tag.startswith("lr/") else tag.rsplit("/", 1)[-1]
 
 
-def _prepare(stage: Stage, index: int, seed: int, batch_size: int,
-             method: Method) -> tuple[dict[str, BatchStream], list[LambdaLR]]:
-    streams = {name: BatchStream(split, batch_size, seed=seed * 1000 + index * 10 + k)
+def _prepare(stage: Stage, index: int, seed: int, batch_size: int, method: Method,
+             augment: Augment | None) -> tuple[dict[str, BatchStream], list[LambdaLR]]:
+    streams = {name: BatchStream(split, batch_size, seed=seed * 1000 + index * 10 + k,
+                                 augment=augment)
                for k, (name, split) in enumerate(stage.data.items())}
     factor = method.lr_factor if stage.anneal_lr else (lambda p: 1.0)
     schedulers = [LambdaLR(opt, lambda i, n=stage.steps, f=factor: f(i / n))
