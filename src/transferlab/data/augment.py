@@ -106,13 +106,14 @@ class Augment:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def apply(self, images: Tensor, params: CropParams) -> Tensor:
+        # Channels-last, the layout `as_input` and the network want.
         out = torch.empty(len(images), images.shape[1], self.size, self.size,
-                          dtype=torch.uint8, device=images.device)
-        for k, (top, left, h, w) in enumerate(params.boxes.tolist()):
-            out[k] = resize(images[k : k + 1, :, top : top + h, left : left + w], self.size)[0]
-        if params.flip.any():
-            mirrored = params.flip.nonzero().squeeze(1).to(images.device)
-            out[mirrored] = out[mirrored].flip(-1)
+                          dtype=torch.uint8, device=images.device,
+                          memory_format=torch.channels_last)
+        boxes, flips = params.boxes.tolist(), params.flip.tolist()
+        for k, ((top, left, h, w), flip) in enumerate(zip(boxes, flips, strict=True)):
+            crop = resize(images[k : k + 1, :, top : top + h, left : left + w], self.size)
+            out[k : k + 1] = crop.flip(-1) if flip else crop
         if params.jitter is not None:
             out = jitter(out, params.jitter.to(images.device))
         return out

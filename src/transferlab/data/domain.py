@@ -103,14 +103,15 @@ class Split:
 
 
 def gather(store: Tensor, rows: Tensor, device: torch.device) -> Tensor:
-    """store[rows] on `device`. A store on the host going to a GPU is gathered into pinned
-    memory and copied without blocking, so the copy overlaps the previous step's compute."""
-    if store.device == device:
-        return store[rows]
-    pinned = device.type == "cuda"
-    out = torch.empty((len(rows), *store.shape[1:]), dtype=store.dtype, pin_memory=pinned)
-    torch.index_select(store, 0, rows, out=out)
-    return out.to(device, non_blocking=pinned)
+    """store[rows] on `device`. A store on the host going to a GPU is gathered on the host
+    (for a mapped store, this reads the pages), pinned and copied without blocking, so the
+    copy overlaps the previous step's compute."""
+    batch = store[rows]
+    if batch.device == device:
+        return batch
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def place(store: Tensor, device: torch.device, mapped: bool) -> Tensor:
@@ -243,9 +244,10 @@ def as_input(images: Tensor, channels: int, normalization: Normalization = DIGIT
     images, grey images repeated to `channels`, in channels-last layout (convolutions run
     markedly faster in it on CPU and on tensor-core GPUs)."""
     x = images.expand(-1, channels, -1, -1) if images.shape[1] != channels else images
-    x = x.contiguous(memory_format=torch.channels_last).float()
+    x = x.contiguous(memory_format=torch.channels_last)
     scale, shift = _affine(normalization, channels, x.device)
-    return x.mul_(scale).sub_(shift)  # (x / 255 - mean) / std, in place
+    # x / 255 / std - mean / std in one pass, from uint8 straight to float
+    return torch.addcmul(shift.neg(), x, scale)
 
 
 @functools.lru_cache(maxsize=16)
