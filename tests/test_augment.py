@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from transferlab.data.augment import Augment, CropParams
-from transferlab.data.domain import BatchStream, Split
+from transferlab.data.domain import BatchStream, Split, as_input
 from transferlab.errors import UserError
 
 
@@ -130,3 +130,12 @@ def test_a_stream_resumes_with_the_same_augmented_batches():
 def test_bad_settings_are_one_line_errors(key, value):
     with pytest.raises(UserError, match=f"data.augment.{key}="):
         Augment(**{key: value})
+
+
+def test_as_input_normalises_with_the_backbones_statistics():
+    images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 1, 1, 3)
+    x = as_input(images, 3, ((0.5, 0.4, 0.2), (0.5, 0.2, 0.1)))
+    # (v / 255 - mean) / std per channel, the grey image repeated to three channels
+    expected = torch.tensor([[-1.0, 1.0, -0.6], [-2.0, 3.0, -1.0], [-2.0, 8.0, 0.0]])
+    torch.testing.assert_close(x[0], expected.view(3, 1, 3))
+    assert x.is_contiguous(memory_format=torch.channels_last)

@@ -17,9 +17,10 @@ from torchvision.io import ImageReadMode, decode_image, write_png
 
 from conftest import ROOT, make_image_folder, run_cli
 from helpers import compose_config, run_in_process
+from transferlab import train
 from transferlab.data import storage
 from transferlab.data.augment import resize
-from transferlab.data.domain import BatchStream, DataContext
+from transferlab.data.domain import BatchStream, DataContext, Split
 from transferlab.data.folders import folder_pair, load_listing, scan
 from transferlab.data.storage import StorageOptions, image_store
 from transferlab.errors import DataError, UserError, find_user_error
@@ -213,6 +214,36 @@ def test_mapped_and_in_memory_stores_give_identical_batches_and_metrics(tmp_path
                      for h in records["false"]["history"]]
 
 
+class Stop(Exception):
+    pass
+
+
+def test_an_augmented_run_resumes_exactly(tmp_path: Path, monkeypatch):
+    """Killed after step 3 (last checkpoint: step 2), the rerun continues from the augmentation
+    generators' checkpointed states and ends with the uninterrupted run's metrics."""
+    make_image_folder(tmp_path / "a", per_class=8)
+    make_image_folder(tmp_path / "b", per_class=8, seed=1)
+    overrides = [*folder_overrides(tmp_path / "a", tmp_path / "b", tmp_path / "cache"),
+                 "data.storage_size=32", "data.augment.size=28", "data.augment.color_jitter=0.3",
+                 "method=dann", "trainer.steps=6", "trainer.batch_size=4", "trainer.eval_every=3",
+                 "trainer.checkpoint_every=2", "trainer.num_threads=1"]
+    full = run_in_process(tmp_path / "full", *overrides)
+    update = train.FiniteCheck.update
+
+    def stop_after_step_3(self, scalars, step):
+        update(self, scalars, step)
+        if step == 3:
+            raise Stop
+
+    monkeypatch.setattr(train.FiniteCheck, "update", stop_after_step_3)
+    with pytest.raises(Stop):
+        run_in_process(tmp_path / "cut", *overrides)
+    monkeypatch.setattr(train.FiniteCheck, "update", update)
+    resumed = run_in_process(tmp_path / "cut", *overrides)
+    assert resumed["metrics"] == full["metrics"]
+    assert [h["step"] for h in resumed["history"]] == [3, 6]
+
+
 LIMITED_RUN = textwrap.dedent("""
     import resource, sys
     from pathlib import Path
@@ -343,3 +374,26 @@ def contents(split) -> list[tuple[int, tuple[int, ...]]]:
     """The split's (label, pixels) pairs, in a fixed order."""
     return sorted((int(y), tuple(x.flatten().tolist()))
                   for x, y in zip(split.images, split.labels, strict=True))
+
+
+def test_evaluation_batches_are_center_crops_of_the_stored_images(tmp_path: Path):
+    make_image_folder(tmp_path / "a")
+    make_image_folder(tmp_path / "b", seed=1)
+    pair = build_data(*folder_overrides(tmp_path / "a", tmp_path / "b", tmp_path / "cache"),
+                      "data.augment.size=21", "data.source_val_size=0", "data.target_val_size=0")
+    split = pair.target.test
+    (batch,) = pair.evaluation_batches(split, batch_size=100)
+    assert torch.equal(batch, split.images[:, :, 2:23, 2:23])  # (24 - 21) / 2 rounds to 2
+    first, second = pair.evaluation_batches(split, batch_size=len(split) - 1)
+    assert torch.equal(torch.cat([first, second]), batch)
+
+
+def test_resizing_a_store_chunk_by_chunk_equals_resizing_it_whole():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8, generator=g),
+                  torch.arange(7))
+    whole = torch.nn.functional.interpolate(split.store.float(), size=(28, 28), mode="bilinear",
+                                            antialias=True, align_corners=False)
+    resized = split.subset(torch.tensor([5, 1])).resized(28, chunk=3)
+    assert torch.equal(resized.store, whole.round().clamp(0, 255).to(torch.uint8))
+    assert resized.rows.tolist() == [5, 1]

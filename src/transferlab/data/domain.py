@@ -356,5 +356,6 @@ class BatchStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.augment_generator.set_state(state["augment"])
+        if "augment" in state:  # checkpoints from before augmentation existed have none
+            self.augment_generator.set_state(state["augment"])
         self.order, self.position = state["order"], state["position"]
