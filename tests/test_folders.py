@@ -149,19 +149,25 @@ def test_files_torchvision_cannot_decode_are_skipped_with_a_note(tmp_path: Path,
 def test_a_damaged_cache_is_named_and_rebuilt(tmp_path: Path, capsys):
     files = [f for f, _ in scan(make_image_folder(tmp_path / "a"), "s").train]
     cache = tmp_path / "cache"
-    options = StorageOptions(size=24, in_memory=True)
+    # 18 images at 384 px: 8 MB, so that the blocks the quick check samples leave gaps.
+    options = StorageOptions(size=384, in_memory=True)
     good, mapped = image_store(files, "a", cache, options)
     assert not mapped
     (path,) = (cache / "folders").glob("*.u8")
-    data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0xFF
-    path.write_bytes(bytes(data))
-    again, _ = image_store(files, "a", cache, options)
-    assert f"image cache {path} is damaged" in capsys.readouterr().err
-    assert torch.equal(again, good)
+    step = (path.stat().st_size - storage.BLOCK) // (storage.SAMPLED_BLOCKS - 1)
+    gap = (storage.BLOCK + step) // 2  # after the first sampled block, before the second
+    assert storage.BLOCK < gap < step
+    for offset in (step + 10, gap):
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 0xFF
+        path.write_bytes(bytes(data))
+        again, _ = image_store(files, "a", cache, options)
+        assert f"image cache {path} is damaged" in capsys.readouterr().err, offset
+        assert torch.equal(again, good)
     with open(path, "r+b") as f:  # truncated: found by the size check before mapping
         f.truncate(100)
-    mapped_again, mapped = image_store(files, "a", cache, StorageOptions(size=24, in_memory=False))
+    mapped_again, mapped = image_store(files, "a", cache,
+                                       StorageOptions(size=384, in_memory=False))
     assert mapped and f"image cache {path} is damaged" in capsys.readouterr().err
     assert torch.equal(mapped_again, good)
 
@@ -242,6 +248,10 @@ def test_an_augmented_run_resumes_exactly(tmp_path: Path, monkeypatch):
     resumed = run_in_process(tmp_path / "cut", *overrides)
     assert resumed["metrics"] == full["metrics"]
     assert [h["step"] for h in resumed["history"]] == [3, 6]
+    # The trained weights, not only the (coarse) accuracies on a few images, are the same.
+    weights = [torch.load(tmp_path / run / "checkpoints" / "last.pt",
+                          weights_only=True)["method"] for run in ("full", "cut")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 LIMITED_RUN = textwrap.dedent("""
