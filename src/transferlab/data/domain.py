@@ -68,15 +68,17 @@ class Split:
 
     def take(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Images and labels of the split's samples `index`, both on the labels' device."""
-        at_store = index.to(self.store.device)
-        rows = at_store if self.rows is None else self.rows[at_store]
-        return gather(self.store, rows, self.labels.device), self.labels[
-            index.to(self.labels.device)]
+        images = gather(self.store, self._rows(index), self.labels.device)
+        return images, self.labels[index.to(self.labels.device)]
 
     def subset(self, index: Tensor) -> Split:
-        at_store = index.to(self.store.device)
-        rows = at_store if self.rows is None else self.rows[at_store]
-        return replace(self, labels=self.labels[index.to(self.labels.device)], rows=rows)
+        return replace(self, labels=self.labels[index.to(self.labels.device)],
+                       rows=self._rows(index))
+
+    def _rows(self, index: Tensor) -> Tensor:
+        """The store rows of the split's samples `index`, on the store's device."""
+        index = index.to(self.store.device)
+        return index if self.rows is None else self.rows[index]
 
     def to(self, device: torch.device | str, placed: dict[int, Tensor] | None = None) -> Split:
         """The split with its labels on `device` and its store placed for `device` (see
