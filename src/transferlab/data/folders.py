@@ -55,7 +55,7 @@ def scan(path: str | Path, key: str, name: str | None = None, layout: str = "aut
     of the domain (e.g. data.source), for error messages."""
     if not path:
         raise UserError(f"{key}.path is not set; pass {key}.path=<folder of class folders>")
-    folder = Path(path).expanduser()
+    folder = Path(path).expanduser().absolute()  # the cache fingerprint names files by path
     if not folder.is_dir():
         raise DataError(f"{key}.path={folder} is not a folder; expected <path>/<class>/<image> "
                         "or <path>/train/<class>/<image> and <path>/test/<class>/<image>")
@@ -114,8 +114,8 @@ def _walk(folder: Path, key: str, skipped: list[Path]) -> list[tuple[Path, str]]
 
 
 def _read_list(list_file: Path, key: str) -> list[tuple[Path, str]]:
-    """`<relative path> [label]` per line, relative to the list file's folder; the class is the
-    name of the image's folder."""
+    """`<relative path> [label]` per line, relative to the list file's folder (the label is
+    ignored: the class is the name of the image's folder)."""
     try:
         lines = list_file.read_text().split("\n")
     except OSError as e:
@@ -124,7 +124,8 @@ def _read_list(list_file: Path, key: str) -> list[tuple[Path, str]]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        file = list_file.parent / line.split()[0]
+        path, _, label = line.strip().rpartition(" ")
+        file = list_file.parent / (path if label.lstrip("-").isdigit() else line.strip())
         if not file.is_file():
             raise DataError(f"{key}: {list_file} line {number} names {file}, which does not exist")
         items.append((file, file.parent.name))
