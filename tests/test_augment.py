@@ -53,6 +53,9 @@ def test_crops_match_torchvisions_resized_crop_exactly():
     augment = Augment(size=24)
     drawn = augment.sample(6, 40, 40, g)
     out = augment.apply(images, drawn)
+    # A channels-last store (as folder caches are) gives the same crops.
+    assert torch.equal(augment.apply(images.contiguous(memory_format=torch.channels_last),
+                                     drawn), out)
     for k, (top, left, h, w) in enumerate(drawn.boxes.tolist()):
         expected = TF.resized_crop(images[k], top, left, h, w, [24, 24], antialias=True)
         if drawn.flip[k]:
