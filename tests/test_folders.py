@@ -350,6 +350,7 @@ def test_folder_settings_are_checked(tmp_path: Path):
         build_data("data=folders")
     for override, message in (("data.target.test=some", "data.target.test=some is invalid"),
                               ("+data.source.colour=1", "data.source.colour is not a setting"),
+                              ("data.source.channels=2", "data.source.channels=2 is invalid"),
                               ("data.in_memory=maybe", "data.in_memory=maybe is invalid"),
                               ("data.storage_fit=squash", "data.storage_fit=squash is invalid")):
         with pytest.raises(UserError, match=message):

@@ -25,7 +25,7 @@ import torch
 
 from transferlab.data.augment import Augment
 from transferlab.data.domain import DataContext, Domain, DomainPair, Split, build_pair
-from transferlab.data.storage import StorageOptions, image_store
+from transferlab.data.storage import CHANNEL_POLICIES, StorageOptions, image_store
 from transferlab.errors import DataError, UserError
 
 # What torchvision.io.decode_image reads (jpeg, png, gif, webp); other files are skipped.
@@ -212,6 +212,8 @@ def folder_pair(source: Mapping[str, Any], target: Mapping[str, Any], root: str 
         test, channels = spec.pop("test", "split"), spec.pop("channels", "auto")
         if test not in TESTS:
             raise UserError(f"{key}.test={test} is invalid: must be one of {', '.join(TESTS)}")
+        if channels not in CHANNEL_POLICIES:
+            raise UserError(f"{key}.channels={channels} is invalid: must be one of auto, 1, 3")
         unknown = sorted(set(spec) - SPEC_KEYS)
         if unknown:
             raise UserError(f"{key}.{unknown[0]} is not a setting of a domain folder; valid: "
