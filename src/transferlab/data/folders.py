@@ -134,8 +134,8 @@ def _read_list(list_file: Path, key: str) -> list[tuple[Path, str]]:
 
 def _same_classes(expected: tuple[str, ...], found: tuple[str, ...], expected_where: str,
                   found_where: str) -> None:
-    missing = [c for c in expected if c not in set(found)]
-    extra = [c for c in found if c not in set(expected)]
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
     if missing or extra:
         parts = [f"missing in {found_where}: {_names(missing)}" if missing else "",
                  f"extra in {found_where}: {_names(extra)}" if extra else ""]
@@ -157,14 +157,12 @@ def load_listing(ctx: DataContext, listing: Listing, storage: StorageOptions,
     files = [f for f, _ in listing.train + listing.test]
     index = {c: i for i, c in enumerate(listing.classes)}
     labels = torch.tensor([index[c] for _, c in listing.train + listing.test], dtype=torch.long)
-    store, mapped = image_store(files, listing.name, ctx.cache_dir, storage,
-                                channels)
+    store, mapped = image_store(files, listing.name, ctx.cache_dir, storage, channels)
     everything = torch.arange(len(files))
     if test == "all":
         train_rows = test_rows = everything
     elif listing.layout == "pool":
-        train_rows, test_rows = _stratified_split(labels, test_fraction, split_seed,
-                                                  listing.name)
+        train_rows, test_rows = _stratified_split(labels, test_fraction, split_seed, listing)
     else:
         train_rows, test_rows = everything[: len(listing.train)], everything[len(listing.train):]
 
@@ -176,7 +174,7 @@ def load_listing(ctx: DataContext, listing: Listing, storage: StorageOptions,
 
 
 def _stratified_split(labels: torch.Tensor, fraction: float, seed: int,
-                      name: str) -> tuple[torch.Tensor, torch.Tensor]:
+                      listing: Listing) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of train and test: `fraction` of each class (rounded) to test, at random."""
     generator = torch.Generator().manual_seed(seed)
     train, test = [], []
@@ -186,7 +184,7 @@ def _stratified_split(labels: torch.Tensor, fraction: float, seed: int,
         count = round(fraction * len(rows))
         if count == len(rows):
             raise UserError(f"data.test_fraction={fraction} leaves no train image of class "
-                            f"{c} in {name} ({len(rows)} images)")
+                            f"{listing.classes[c]} in {listing.path} ({len(rows)} images)")
         test.append(rows[:count])
         train.append(rows[count:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
