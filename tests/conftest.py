@@ -75,3 +75,28 @@ def run_cli(*overrides: str, cwd: Path, env: dict | None = None,
 
 
 TINY_FAST = ("data=tiny", "device=cpu", "trainer.progress_bar=false", "trainer.log_every=1")
+
+
+def make_image_folder(folder: Path, classes: tuple[str, ...] = ("cat", "dog", "owl"),
+                      per_class: int = 6, size: tuple[int, int] = (20, 24), seed: int = 0,
+                      split: bool = False, grey: bool = False) -> Path:
+    """A domain folder in ImageFolder layout: `per_class` images of each class, alternately PNG
+    and JPEG, each class a different mean colour; with `split`, under train/ and test/ (a third
+    of each class in test)."""
+    from torchvision.io import write_jpeg, write_png
+
+    g = torch.Generator().manual_seed(seed)
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            part = ("test" if i % 3 == 2 else "train") if split else ""
+            target = folder / part / name
+            target.mkdir(parents=True, exist_ok=True)
+            base = torch.tensor([60.0 * c, 200.0 - 50 * c, 30.0 * i % 255]).view(3, 1, 1)
+            image = (base + 40 * torch.rand(3, *size, generator=g)).clamp(0, 255).to(torch.uint8)
+            if grey:
+                image = image[:1]
+            if i % 2:
+                write_jpeg(image, str(target / f"{i:03d}.jpg"), quality=95)
+            else:
+                write_png(image, str(target / f"{i:03d}.png"))
+    return folder

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from PIL import Image
 
 import transferlab
 from conftest import ROOT, make_mnist, run_cli
-from helpers import run_in_process
+from helpers import choices_of, run_in_process
 from transferlab import analyze, evaluate
 from transferlab.analysis import (
     confusion_matrix,
@@ -28,6 +27,7 @@ from transferlab.analysis import (
     proxy_a_distance,
 )
 from transferlab.api import evaluate_run, run_pair
+from transferlab.data.domain import Split
 from transferlab.data.tiny import load_tiny
 from transferlab.errors import UserError
 from transferlab.summarize import load_runs
@@ -76,7 +76,7 @@ def test_proxy_a_distance_on_tiny_pixels_uses_held_out_error():
     grey = load_tiny(None, "grey").train
     first, second = (grey.subset(torch.arange(i, i + 300)) for i in (0, 300))
     assert abs(proxy_a_distance(pixels(first, 1), pixels(second, 1))) < 0.3
-    inverted = replace(second, images=255 - second.images)
+    inverted = Split(255 - second.images, second.labels)
     assert proxy_a_distance(pixels(first, 1), pixels(inverted, 1)) == 2.0
 
 
@@ -202,7 +202,8 @@ def test_a_colour_model_evaluates_on_a_grey_pair(run_dir, tmp_path):
      "has 5 classes but the run's model predicts 10"),
     (["{run}", "trainer.steps=3"], "'trainer.steps=3' is not a data override"),
     (["{run}", "data.rot=1"], "Could not override 'data.rot'"),
-    (["{run}", "data=nope"], "data=nope is not a valid choice; valid: mnist_mnistm"),
+    (["{run}", "data=nope"],
+     "data=nope is not a valid choice; valid: " + ", ".join(choices_of("data"))),
     (["{run}", "data.image_size=32"], "has 32px images but the run's model takes 28px"),
     (["{run}", "--checkpoint", "best"], "has no best checkpoint"),
     (["{run}", "--checkpoint", "first"], "checkpoint='first' is not valid; valid: last, best"),

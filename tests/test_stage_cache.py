@@ -9,6 +9,7 @@ import torch
 
 from helpers import compose_config, run_in_process, scalar_tags
 from transferlab.cli import build, build_evaluators
+from transferlab.data.augment import Augment
 from transferlab.stage_cache import StageCache
 from transferlab.train import TrainerConfig
 
@@ -70,25 +71,27 @@ def test_a_stage_is_not_reused_when_an_input_changed(tmp_path: Path, monkeypatch
     assert actions("edited") == ["stored"]
 
 
-def test_the_fingerprint_covers_seed_starting_weights_and_data(tmp_path: Path):
+def test_the_fingerprint_covers_seed_augmentation_starting_weights_and_data(tmp_path: Path):
     cfg = compose_config("data=tiny", "device=cpu", "method=adda")
     pair, method = build(cfg, torch.device("cpu"))
     stage = method.stages(pair.training_view(False))[0]
     cache = StageCache(tmp_path, origin="test")
     loop = TrainerConfig(batch_size=8, eval_every=3)
 
-    def key(seed: int = 0) -> str:
+    def key(seed: int = 0, augment: dict | None = None) -> str:
         return cache.key(stage, method, seed=seed, index=0, first_step=0, eval_steps=[3, 6],
                          batch_size=loop.batch_size, eval_batch_size=loop.eval_batch_size,
                          precision="fp32", device=torch.device("cpu"), channels=pair.channels,
-                         evaluation_splits=pair.splits(), evaluators=build_evaluators(cfg))
+                         augment=augment, evaluation_splits=pair.splits(),
+                         evaluators=build_evaluators(cfg))
 
     first = key()
     assert key() == first
     assert key(seed=1) != first  # the streams' order, whatever the weights
+    assert key(augment=vars(Augment(size=16))) != first  # augmented batches train differently
     with torch.no_grad():
         method.network.head[0].bias[0] += 1e-6
     moved = key()
     assert moved != first
-    stage.data["labelled"].images[0, 0, 0, 0] ^= 1
+    stage.data["labelled"].store[0, 0, 0, 0] ^= 1
     assert key() != moved

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from transferlab.data.domain import DomainPair, Split
 from transferlab.errors import UserError
-from transferlab.evaluation.base import _outputs
+from transferlab.evaluation.base import model_outputs
 from transferlab.methods.base import DomainName, Method
 
 SAMPLES = 2000          # test images per domain for the distance, the t-SNE and the projector
@@ -151,8 +151,7 @@ def measure(method: Method, pair: DomainPair, samples: int = SAMPLES, seed: int 
     method.eval()
 
     def outputs(split: Split, domain: DomainName, features: bool):
-        return _outputs(method, split, domain, pair.channels, method.network.normalization,
-                        batch_size, features)
+        return model_outputs(method, pair, split, domain, batch_size, features)
 
     try:
         source_features = outputs(source, "source", True).features

@@ -177,7 +177,7 @@ def _with_channels(pair: DomainPair, channels: int) -> DomainPair:
         return replace(domain, train=widen(domain.train), test=widen(domain.test))
 
     return DomainPair(widen_domain(pair.source), widen_domain(pair.target),
-                      widen(pair.source_val), widen(pair.target_val))
+                      widen(pair.source_val), widen(pair.target_val), pair.augment)
 
 
 def evaluate_run(method: Method, pair: DomainPair,

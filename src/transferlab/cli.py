@@ -173,8 +173,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
             require("sklearn")  # now, not after training
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         pair, method = build(cfg, device)
-        sample = as_input(pair.source.train.images[:1], pair.channels,
-                          method.network.normalization)
+        sample = as_input(next(pair.evaluation_batches(pair.source.train, 1)),
+                          method.network.in_channels, method.network.normalization)
         check_batch_fits(method.network, sample, trainer.batch_size)
         evaluators = build_evaluators(cfg)
         folder.update(model=model_shape(pair), uses_target_labels=method.uses_target_labels,

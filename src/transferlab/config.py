@@ -63,12 +63,14 @@ class Rule:
 # Keys that say where or how verbosely a run ran, not what it trained: runs that differ only in
 # these (and the seed) are repeats of one experiment, and a checkpoint resumes across them.
 # `objective` only picks the number handed to a sweeper, `keep_best` which evaluation best.pt
-# keeps; `num_threads` follows the launcher.
+# keeps; `num_threads` follows the launcher. Where images are kept (memory or a mapped cache)
+# and how many threads decode them do not change a single batch: those keys are operational too.
 OPERATIONAL_KEYS = frozenset({
     "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
     "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads", "trainer.keep_best",
     "analysis.at_end", "analysis.samples",
     "trainer.stage_cache", "trainer.reuse_stages",  # a reused stage equals a trained one
+    "data.in_memory", "data.in_memory_max_mb", "data.workers",
 })
 
 
@@ -102,10 +104,12 @@ SCHEMA: dict[str, Rule] = {
     "data.root": Rule(str),
     "data.download": Rule(bool),
     "data.cache_dir": Rule(str, nullable=True),
-    "data.source_val_size": Rule(int, min=0),
-    "data.target_val_size": Rule(int, min=0),
+    "data.source_val_size": Rule(float, min=0),  # below 1: a fraction of the train split
+    "data.target_val_size": Rule(float, min=0),
     "data.split_seed": Rule(int, min=0),
     "data.image_size": Rule(int, min=8, nullable=True),
+    "data.storage_size": Rule(int, min=1),
+    "data.test_fraction": Rule(float, min=0, max=1),
     "trainer.steps": Rule(int, min=0),
     "trainer.batch_size": Rule(int, min=1),
     "trainer.eval_every": Rule(int, min=1),

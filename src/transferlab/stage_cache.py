@@ -77,11 +77,17 @@ def machine(device: torch.device) -> str:
     return f"{device.type}: {cpu}"
 
 
-def _hash_tensors(digest: Any, named: Iterable[tuple[str, Tensor]]) -> None:
+def _hash_tensors(digest: Any, named: Iterable[tuple[str, Tensor]],
+                  chunk: int = 2**22) -> None:
+    """Rows of at most about `chunk` bytes at a time, so that hashing a large (or
+    memory-mapped) store copies little."""
     for name, t in named:
-        t = t.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{t.numel()}\0".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
+        t = t.detach().reshape(1) if t.dim() == 0 else t.detach()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        rows = max(1, chunk // max(1, t[:1].numel() * t.element_size()))
+        for start in range(0, len(t), rows):
+            part = t[start : start + rows].cpu().contiguous().reshape(-1)
+            digest.update(part.view(torch.uint8).numpy())
 
 
 def _optimizer_tensors(optimizer: Optimizer, prefix: str) -> Iterable[tuple[str, Tensor]]:
@@ -91,8 +97,15 @@ def _optimizer_tensors(optimizer: Optimizer, prefix: str) -> Iterable[tuple[str,
 
 
 def _split_tensors(splits: Mapping[str, Split]) -> Iterable[tuple[str, Tensor]]:
+    """Each store once (splits share one: a domain's train, val and test rows of its cache),
+    then every split's rows into it and labels."""
+    stores: dict[int, int] = {}
     for name, split in splits.items():
-        yield f"{name}.images", split.images
+        if id(split.store) not in stores:
+            stores[id(split.store)] = len(stores)
+            yield f"store{stores[id(split.store)]}", split.store
+        rows = torch.arange(len(split.store)) if split.rows is None else split.rows
+        yield f"{name}.store{stores[id(split.store)]}.rows", rows
         yield f"{name}.labels", split.labels
 
 
@@ -110,8 +123,8 @@ class StageCache:
 
     def key(self, stage: Stage, method: Method, *, seed: int, index: int, first_step: int,
             eval_steps: list[int], batch_size: int, eval_batch_size: int, precision: str,
-            device: torch.device, channels: int, evaluation_splits: Mapping[str, Split],
-            evaluators: Mapping[str, Evaluator]) -> str:
+            device: torch.device, channels: int, augment: Mapping[str, Any] | None,
+            evaluation_splits: Mapping[str, Split], evaluators: Mapping[str, Evaluator]) -> str:
         """The fingerprint of the stage as it is about to start (see the module docstring)."""
         assert stage.reuse is not None
         names = {id(p): n for n, p in method.named_parameters()}
@@ -124,7 +137,7 @@ class StageCache:
             "lr_schedule": [method.lr_alpha, method.lr_beta] if stage.anneal_lr else None,
             "seed": seed, "index": index, "streams": list(stage.data),
             "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-            "input": [channels, method.network.normalization],
+            "input": [channels, method.network.normalization], "augment": augment,
             "evaluators": {n: [type(e).__qualname__, e.describe()] for n, e in evaluators.items()},
             "optimizers": [[type(o).__qualname__,
                             [{**{k: v for k, v in g.items() if k not in ("params", "initial_lr")},

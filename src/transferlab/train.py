@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from transferlab.checkpoint import Checkpointer, set_rng_state
+from transferlab.data.augment import Augment
 from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator, evaluate
@@ -33,7 +34,7 @@ class TrainerConfig:
 
     batch_size: int
     eval_every: int
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 256
     log_every: int = 50
     checkpoint_every: int = 1000
     progress_bar: bool = True
@@ -113,10 +114,10 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         method.load_state_dict(resume["method"])
         set_rng_state(resume["rng"])
     finite = FiniteCheck()
-    device = pair.source_val.images.device
+    device = pair.device
     precision = training_precision(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    normalization = method.network.normalization
+    channels, normalization = method.network.in_channels, method.network.normalization
     start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     stage_start = 0
     stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
@@ -139,7 +140,8 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             eval_steps=[s for s in range(first + 1, last + 1)
                         if s % cfg.eval_every == 0 or s == total],
             batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-            precision=precision, device=device, channels=pair.channels,
+            precision=precision, device=device, channels=channels,
+            augment=vars(pair.augment) if pair.augment else None,
             evaluation_splits=pair.splits(), evaluators=evaluators)
 
     def kept() -> str | None:  # the checkpoint a NaN stop leaves, if one was written yet
@@ -157,7 +159,8 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     _restore({"optimizers": stage.optimizers}, resume)
                 continue
             bar.set_description(stage.name)
-            streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method)
+            streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method,
+                                           pair.augment)
             parts = {"optimizers": stage.optimizers, "schedulers": schedulers,
                      "streams": list(streams.values())}
             key = None
@@ -182,7 +185,7 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             stage_time = time.perf_counter()
 
             for i in range(done, stage.steps):
-                batch = {name: (as_input(x, pair.channels, normalization), y)
+                batch = {name: (as_input(x, channels, normalization), y)
                          for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
                 with autocast:
                     scalars = stage.update(batch, i / stage.steps) or {}
@@ -240,9 +243,10 @@ def _seed_stage(seed: int, index: int) -> None:
     torch.manual_seed(stage_seed)
 
 
-def _prepare(stage: Stage, index: int, seed: int, batch_size: int,
-             method: Method) -> tuple[dict[str, BatchStream], list[LambdaLR]]:
-    streams = {name: BatchStream(split, batch_size, seed=seed * 1000 + index * 10 + k)
+def _prepare(stage: Stage, index: int, seed: int, batch_size: int, method: Method,
+             augment: Augment | None) -> tuple[dict[str, BatchStream], list[LambdaLR]]:
+    streams = {name: BatchStream(split, batch_size, seed=seed * 1000 + index * 10 + k,
+                                 augment=augment)
                for k, (name, split) in enumerate(stage.data.items())}
     factor = method.lr_factor if stage.anneal_lr else (lambda p: 1.0)
     schedulers = [LambdaLR(opt, lambda i, n=stage.steps, f=factor: f(i / n))

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from transferlab.data.domain import DomainPair, Normalization, Split, as_input
+from transferlab.data.domain import DomainPair, Split, as_input
 from transferlab.methods.base import DomainName, Method
 
 SplitName = Literal["source_test", "target_test", "source_val", "target_val"]
@@ -75,11 +75,11 @@ class Accuracy(Evaluator):
 
 
 @torch.inference_mode()
-def _outputs(method: Method, split: Split, domain: DomainName, channels: int,
-             normalization: Normalization, batch_size: int, features: bool) -> Outputs:
+def model_outputs(method: Method, pair: DomainPair, split: Split, domain: DomainName,
+                  batch_size: int, features: bool) -> Outputs:
     logits, feats = [], []
-    for i in range(0, len(split), batch_size):
-        x = as_input(split.images[i : i + batch_size], channels, normalization)
+    for images in pair.evaluation_batches(split, batch_size):
+        x = as_input(images, method.network.in_channels, method.network.normalization)
         f, y = method.outputs(x, domain)
         logits.append(y.float())
         if features:
@@ -96,13 +96,11 @@ def evaluate(method: Method, pair: DomainPair, evaluators: Mapping[str, Evaluato
     was_training = method.training
     method.eval()
     splits = pair.splits()
-    normalization = method.network.normalization
     wanted: dict[SplitName, bool] = {}
     for e in evaluators.values():
         for s in e.reads:
             wanted[s] = wanted.get(s, False) or e.uses_features
-    computed = {s: _outputs(method, splits[s], domain_of(s), pair.channels, normalization,
-                            batch_size, features)
+    computed = {s: model_outputs(method, pair, splits[s], domain_of(s), batch_size, features)
                 for s, features in wanted.items()}
     method.train(was_training)
     metrics = {}

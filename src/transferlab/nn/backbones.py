@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
+from transferlab.errors import UserError
 from transferlab.nn.classifier import Classifier
 
 
@@ -74,3 +79,96 @@ def dirtt_small(in_channels: int, num_classes: int, image_size: int = 32,
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
     return Classifier(encoder, num_classes, in_channels=in_channels, image_size=image_size,
                       lr_mult=lr_mult, head=head)
+
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+# ImageNet statistics: what the torchvision and most timm weights were trained with. Randomly
+# initialised ImageNet-style networks use them too, so that a run differs from a pretrained
+# one by its weights only.
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def resnet(in_channels: int, num_classes: int, image_size: int = 224, arch: str = "resnet50",
+           weights: str | None = None, bottleneck_dim: int | None = 256,
+           head_hidden: Sequence[int] = (), trunk_lr_mult: float = 0.1,
+           lr_mult: Mapping[str, float] | None = None) -> Classifier:
+    """A torchvision ResNet as `encoder.trunk` (its classification layer removed), then the
+    bottleneck the adaptation papers add (Linear → BatchNorm → ReLU, `bottleneck_dim` wide;
+    null: none), as `encoder.bottleneck`. `weights`: a torchvision weight name of `arch`
+    (e.g. IMAGENET1K_V1), or null for random initialisation; pretrained, the trunk learns at
+    `trunk_lr_mult` times the rate (the papers' 0.1). Grey images are repeated to RGB."""
+    if arch not in RESNETS:
+        raise UserError(f"backbone.arch={arch} is invalid: must be one of {', '.join(RESNETS)}")
+    trunk = torchvision.models.get_model(arch, weights=None)
+    if weights:
+        trunk.load_state_dict(pretrained_state(arch, weights))
+    width = trunk.fc.in_features
+    trunk.fc = nn.Identity()
+    return _with_bottleneck(trunk, width, num_classes, bottleneck_dim, head_hidden,
+                            {"encoder.trunk": trunk_lr_mult} if weights else {}, lr_mult,
+                            IMAGENET)
+
+
+def pretrained_state(arch: str, name: str) -> dict[str, Tensor]:
+    """torchvision's weights `name` of `arch`: from torch.hub's cache, else downloaded."""
+    enum = torchvision.models.get_model_weights(arch)
+    try:
+        weights = enum[name]
+    except KeyError:
+        valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise UserError(f"backbone.weights={name} is not a weight of {arch}; valid: {valid}, "
+                        "or null") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    present = cached.exists()
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        if present:
+            raise UserError(f"backbone.weights={name}: cannot load {cached} ({reason}); delete "
+                            "it to download it again") from None
+        raise UserError(f"backbone.weights={name}: {cached} is not there and downloading "
+                        f"{weights.url} failed ({reason}); put the file there (torch.hub's "
+                        "cache, moved by TORCH_HOME) or use backbone.weights=null") from None
+
+
+def timm_model(in_channels: int, num_classes: int, image_size: int = 224,
+               name: str = "resnet50", pretrained: bool = False,
+               bottleneck_dim: int | None = 256, head_hidden: Sequence[int] = (),
+               trunk_lr_mult: float = 0.1, lr_mult: Mapping[str, float] | None = None
+               ) -> Classifier:
+    """Any timm model by `name` as the trunk (its pooled features), with the same bottleneck,
+    head and learning-rate rule as `resnet`; normalised with the model's own statistics."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError("backbone=timm needs the timm package: pip install "
+                        "'transferlab[timm]'") from None
+    if not timm.is_model(name):
+        raise UserError(f"backbone.name={name} is not a timm model; see timm.list_models()")
+    try:
+        trunk = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"backbone.name={name}: cannot get its pretrained weights ({reason}); "
+                        "connect once to fill the Hugging Face cache, or use "
+                        "backbone.pretrained=false") from None
+    config = trunk.pretrained_cfg
+    normalization = (tuple(config.get("mean", IMAGENET[0])), tuple(config.get("std", IMAGENET[1])))
+    return _with_bottleneck(trunk, trunk.num_features, num_classes, bottleneck_dim, head_hidden,
+                            {"encoder.trunk": trunk_lr_mult} if pretrained else {}, lr_mult,
+                            normalization)
+
+
+def _with_bottleneck(trunk: nn.Module, width: int, num_classes: int,
+                     bottleneck_dim: int | None, head_hidden: Sequence[int],
+                     pretrained_mult: Mapping[str, float],
+                     lr_mult: Mapping[str, float] | None,
+                     normalization: tuple[Sequence[float], Sequence[float]]) -> Classifier:
+    parts: dict[str, nn.Module] = {"trunk": trunk}
+    if bottleneck_dim:
+        parts["bottleneck"] = nn.Sequential(nn.Linear(width, bottleneck_dim),
+                                            nn.BatchNorm1d(bottleneck_dim), nn.ReLU())
+    return Classifier(nn.Sequential(OrderedDict(parts)), num_classes, head_hidden, in_channels=3,
+                      feature_dim=bottleneck_dim or width, normalization=normalization,
+                      lr_mult={**pretrained_mult, **(lr_mult or {})})

@@ -31,7 +31,8 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, batch_norm: 
 
 
 class Classifier(nn.Module):
-    """`encoder` maps normalised images to features, `head` features to class logits.
+    """`encoder` maps normalised images of `in_channels` channels (grey batches are repeated to
+    them) to features, `head` features to class logits.
 
     `normalization` (per-channel mean and std of images scaled to [0, 1]) is what the encoder
     expects its input to be normalised with: it belongs to the backbone (ImageNet statistics for
@@ -48,6 +49,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
+        self.in_channels = in_channels
         self.feature_dim = feature_dim or self._probe_feature_dim(in_channels, image_size)
         # A backbone's own head (e.g. convolutions on the unflattened features), else an MLP.
         self.head = head if head is not None else mlp(self.feature_dim, head_hidden, num_classes)
