@@ -55,3 +55,10 @@ def test_usps_pairs_use_mnists_geometry_by_default(tmp_path: Path, pair, role):
         assert split.images.shape[-2:] == (28, 28)
         assert split.images[..., :4, :].eq(0).all() and split.images[..., :, -4:].eq(0).all()
         assert split.images[..., 4:24, 4:24].gt(0).any()
+
+
+@pytest.mark.parametrize("exp,role", [("mnist_usps", "target"), ("usps_mnist", "source")])
+def test_paper_settings_feed_usps_as_the_adda_authors_code_did(exp, role):
+    cfg = compose_config(f"experiment={exp}")
+    assert cfg.data[role].layout == "stretch"
+    assert cfg.backbone._target_.endswith(".lenet")
