@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from transferlab.config import Rule
 from transferlab.data.domain import DomainPair
@@ -34,16 +34,23 @@ from transferlab.nn.discriminator import SOURCE, TARGET
 
 
 class ADDA(Method):
-    limits: ClassVar = {"pretrain_steps": Rule(int, min=0), "adapt_steps": Rule(int, min=0)}
+    limits: ClassVar = {"pretrain_steps": Rule(int, min=0), "adapt_steps": Rule(int, min=0),
+                        "split": Rule(str, choices=("encoder", "last_layer"))}
 
     def __init__(self, pretrain_steps: int, adapt_steps: int,
                  adapt_optimizer: OptimizerFactory,
-                 discriminator_hidden: Sequence[int] = (500, 500), **common: Any) -> None:
+                 discriminator_hidden: Sequence[int] = (500, 500), split: str = "encoder",
+                 **common: Any) -> None:
         super().__init__(**common)
         self.pretrain_steps, self.adapt_steps = pretrain_steps, adapt_steps
         self.make_adapt_optimizer = adapt_optimizer
+        # What is adapted: the backbone's encoder, or all but the classifier's last layer.
+        self.split = split
+        head = self.network.head
         self.target_encoder = copy.deepcopy(self.network.encoder)
-        self.discriminator = DomainDiscriminator(self.network.feature_dim, discriminator_hidden)
+        self.target_hidden = copy.deepcopy(head[:-1]) if split == "last_layer" else nn.Sequential()
+        width = head[-1].in_features if split == "last_layer" else self.network.feature_dim
+        self.discriminator = DomainDiscriminator(width, discriminator_hidden)
         # Until stage 2 starts, target images are classified by the source network.
         self.register_buffer("adapting", torch.tensor(False))
 
@@ -52,7 +59,8 @@ class ADDA(Method):
                                     self.optimizer(self.network.parameters()),
                                     pair.source.train, self.pretrain_steps)
         self._d_optimizer = self.make_adapt_optimizer(self.discriminator.parameters())
-        self._t_optimizer = self.make_adapt_optimizer(self.target_encoder.parameters())
+        self._t_optimizer = self.make_adapt_optimizer([*self.target_encoder.parameters(),
+                                                       *self.target_hidden.parameters()])
         adapt = Stage("adapt", self.adapt_steps, self.adapt_update,
                       {"source": pair.source.train, "target": unlabelled(pair.target.train)},
                       [self._d_optimizer, self._t_optimizer], anneal_lr=False,
@@ -61,6 +69,7 @@ class ADDA(Method):
 
     def start_adapting(self) -> None:
         self.target_encoder.load_state_dict(self.network.encoder.state_dict())
+        self.target_hidden.load_state_dict(self._source_hidden().state_dict())
         self.adapting.fill_(True)
 
     def train(self, mode: bool = True) -> ADDA:
@@ -73,8 +82,8 @@ class ADDA(Method):
     def adapt_update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, _), (xt, _) = batch["source"], batch["target"]
         with torch.no_grad():
-            source_features = self.network.encoder(xs)
-        target_features = self.target_encoder(xt)
+            source_features = self._source_hidden()(self.network.encoder(xs))
+        target_features = self.target_features(xt)
 
         logits = self.discriminator(torch.cat([source_features, target_features.detach()]))
         domains = torch.cat([torch.full((len(xs),), SOURCE), torch.full((len(xt),), TARGET)])
@@ -91,7 +100,15 @@ class ADDA(Method):
         return {"loss/discriminator": d_loss, "loss/target_encoder": t_loss,
                 "adda/domain_acc": d_acc}
 
+    def _source_hidden(self) -> nn.Sequential:
+        """The source head's layers that the target side adapts (none with split=encoder)."""
+        return self.network.head[:-1] if self.split == "last_layer" else nn.Sequential()
+
+    def target_features(self, x: Tensor) -> Tensor:
+        return self.target_hidden(self.target_encoder(x))
+
     def predict(self, x: Tensor, domain: DomainName) -> Tensor:
         if domain == "target" and self.adapting:
-            return self.network.head(self.target_encoder(x))
+            classifier = self.network.head[-1] if self.split == "last_layer" else self.network.head
+            return classifier(self.target_features(x))
         return self.network(x)
