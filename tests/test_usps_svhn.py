@@ -78,7 +78,7 @@ def ctx(root: Path, download: bool = False) -> DataContext:
 
 def test_load_usps_gives_uint8_grey_with_torchvisions_pixel_mapping(tmp_path: Path):
     levels = make_usps(tmp_path)
-    usps = load_usps(ctx(tmp_path))
+    usps = load_usps(ctx(tmp_path), layout="stretch")  # the raw frame; see test_usps_layout.py
     assert usps.name == "USPS"
     for split, name in ((usps.train, "usps.bz2"), (usps.test, "usps.t.bz2")):
         n = len(levels[name])

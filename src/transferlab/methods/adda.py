@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
@@ -34,16 +34,24 @@ from transferlab.nn.discriminator import SOURCE
 
 
 class ADDA(Method):
-    limits: ClassVar = {"pretrain_steps": Rule(int, min=0), "adapt_steps": Rule(int, min=0)}
+    limits: ClassVar = {"pretrain_steps": Rule(int, min=0), "adapt_steps": Rule(int, min=0),
+                        "split": Rule(str, choices=("encoder", "last_layer"))}
 
     def __init__(self, pretrain_steps: int, adapt_steps: int,
                  adapt_optimizer: OptimizerFactory,
-                 discriminator_hidden: Sequence[int] = (500, 500), **common: Any) -> None:
+                 discriminator_hidden: Sequence[int] = (500, 500), split: str = "encoder",
+                 **common: Any) -> None:
         super().__init__(**common)
         self.pretrain_steps, self.adapt_steps = pretrain_steps, adapt_steps
         self.make_adapt_optimizer = adapt_optimizer
+        # What the target side adapts: the backbone's encoder, or all but the classifier's last
+        # layer (the ADDA paper's LeNet split: conv, conv, fc 500 | fc 10).
+        self.split = split
+        head = self.network.head
         self.target_encoder = copy.deepcopy(self.network.encoder)
-        self.discriminator = DomainDiscriminator(self.network.feature_dim, discriminator_hidden)
+        self.target_hidden = copy.deepcopy(head[:-1]) if split == "last_layer" else nn.Sequential()
+        width = head[-1].in_features if split == "last_layer" else self.network.feature_dim
+        self.discriminator = DomainDiscriminator(width, discriminator_hidden)
         # Until stage 2 starts, target images are classified by the source network.
         self.register_buffer("adapting", torch.tensor(False))
 
@@ -51,7 +59,7 @@ class ADDA(Method):
         pretrain = supervised_stage("pretrain", self.network, self.optimizer(self.network),
                                     view.source, self.pretrain_steps, reusable=True)
         self._d_optimizer = self.optimizer(self.discriminator, factory=self.make_adapt_optimizer)
-        self._t_optimizer = self.optimizer(self.target_encoder,
+        self._t_optimizer = self.optimizer(self.target_encoder, self.target_hidden,
                                            factory=self.make_adapt_optimizer)
         adapt = Stage("adapt", self.adapt_steps, self.adapt_update,
                       {"source": view.source, "target": view.target},
@@ -61,6 +69,7 @@ class ADDA(Method):
 
     def start_adapting(self) -> None:
         self.target_encoder.load_state_dict(self.network.encoder.state_dict())
+        self.target_hidden.load_state_dict(self._source_hidden().state_dict())
         self.adapting.fill_(True)
 
     def train(self, mode: bool = True) -> ADDA:
@@ -73,8 +82,8 @@ class ADDA(Method):
     def adapt_update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, _), (xt, _) = batch["source"], batch["target"]
         with torch.no_grad():
-            source_features = self.network.features(xs)
-        target_features = self.target_encoder(xt)
+            source_features = self._source_hidden()(self.network.features(xs))
+        target_features = self.target_features(xt)
 
         logits = self.discriminator(torch.cat([source_features, target_features.detach()]))
         domains = domain_labels(len(xs), len(xt), logits.device)
@@ -90,8 +99,21 @@ class ADDA(Method):
         return {"loss/discriminator": d_loss, "loss/target_encoder": t_loss,
                 "adda/domain_acc": d_acc}
 
+    def _source_hidden(self) -> nn.Sequential:
+        """The source head's layers that the target side adapts (none with split=encoder)."""
+        return self.network.head[:-1] if self.split == "last_layer" else nn.Sequential()
+
+    def _classifier(self) -> nn.Module:
+        """What classifies the adapted features: the head, or its last layer."""
+        return self.network.head[-1] if self.split == "last_layer" else self.network.head
+
+    def target_features(self, x: Tensor) -> Tensor:
+        return self.target_hidden(self.target_encoder(x))
+
     def outputs(self, x: Tensor, domain: DomainName) -> tuple[Tensor, Tensor]:
+        """Features are those the discriminator sees, for both domains."""
         if domain == "target" and self.adapting:
-            features = self.target_encoder(x)
-            return features, self.network.head(features)
-        return super().outputs(x, domain)
+            features = self.target_features(x)
+        else:
+            features = self._source_hidden()(self.network.features(x))
+        return features, self._classifier()(features)
