@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
 from transferlab import sweeps
+from transferlab.allocator import tune_malloc
 from transferlab.checkpoint import Checkpointer
 from transferlab.config import check_choices, register_resolvers, validate
 from transferlab.data.domain import DomainPair
@@ -85,13 +86,18 @@ def versions() -> dict[str, str]:
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[DomainPair, Method]:
     pair: DomainPair = instantiate(cfg.data).to(device)
+    return pair, build_method(cfg, pair, device)
+
+
+def build_method(cfg: DictConfig, pair: DomainPair, device: torch.device) -> Method:
+    """The configured method, with a network shaped for `pair`, on `device`."""
     network = instantiate(cfg.backbone, in_channels=pair.channels,
                           num_classes=pair.num_classes, image_size=pair.image_size)
     method: Method = instantiate(
         cfg.method, network=network, optimizer=instantiate(cfg.trainer.optimizer),
         steps=cfg.trainer.steps, seed=cfg.seed, lr_alpha=cfg.trainer.lr_schedule.alpha,
         lr_beta=cfg.trainer.lr_schedule.beta)
-    return pair, method.to(device, memory_format=torch.channels_last)
+    return method.to(device, memory_format=torch.channels_last)
 
 
 def print_table(pair: DomainPair, metrics: dict[str, float]) -> None:
@@ -112,6 +118,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str]) -> dict[str, fl
     results = out_dir / "results.json"
     try:
         validate(cfg)
+        # Before the data is loaded: the thresholds govern every allocation after this.
+        record["malloc_tuned"] = tune_malloc(cfg.trainer.malloc_tuning)
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         device = resolve_device(cfg.device)

@@ -61,10 +61,12 @@ class Rule:
 
 # Keys that say where or how verbosely a run ran, not what it trained: runs that differ only in
 # these (and the seed) are repeats of one experiment, and a checkpoint resumes across them.
-# `objective` only picks the number handed to a sweeper; `num_threads` follows the launcher.
+# `objective` only picks the number handed to a sweeper; `num_threads` follows the launcher;
+# `malloc_tuning` changes how fast the same steps run, not their results.
 OPERATIONAL_KEYS = frozenset({
     "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
     "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads",
+    "trainer.malloc_tuning",
 })
 
 
@@ -104,6 +106,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.progress_bar": Rule(bool),
     "trainer.precision": Rule(str, choices=("auto", "fp32", "bf16")),
     "trainer.num_threads": Rule(int, min=1, nullable=True),
+    "trainer.malloc_tuning": Rule(bool),
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),
     "trainer.lr_schedule.beta": Rule(float, min=0),
