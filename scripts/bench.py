@@ -87,12 +87,13 @@ def endless(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+Mark = tuple[float, int, float]
 
 
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def mark() -> Mark:
+    """Wall time, minor page faults and CPU time (all threads) of this process so far."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), use.ru_minflt, use.ru_utime + use.ru_stime
 
 
 def sync(device: torch.device) -> None:
@@ -105,16 +106,21 @@ def timed(step: Callable[[], Any], n_steps: int, images_per_step: int,
     for _ in range(WARMUP_STEPS):
         step()
     sync(device)
-    faults, start = minor_faults(), time.perf_counter()
+    start = mark()
     for _ in range(n_steps):
         step()
     sync(device)
-    return rate(n_steps, images_per_step, time.perf_counter() - start, minor_faults() - faults)
+    return rate(n_steps, images_per_step, start, mark())
 
 
-def rate(n_steps: int, images_per_step: int, seconds: float, faults: int) -> dict[str, float]:
-    return {"img_s": n_steps * images_per_step / seconds, "minflt_per_step": faults / n_steps,
-            "max_rss_mb": max_rss_mb()}
+def rate(n_steps: int, images_per_step: int, start: Mark, end: Mark) -> dict[str, float]:
+    """`cpu_busy`: CPU seconds per second; below the thread count, other processes had cores
+    (or the threads waited)."""
+    seconds = end[0] - start[0]
+    return {"img_s": n_steps * images_per_step / seconds,
+            "minflt_per_step": (end[1] - start[1]) / n_steps,
+            "cpu_busy": (end[2] - start[2]) / seconds,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 # ---------------------------------------------------------------- parts, each in its own process
@@ -145,12 +151,13 @@ def part_b(cfg: DictConfig, device: torch.device, steps: int) -> dict:
     every = cfg.trainer.log_every
     warmup = -(-WARMUP_STEPS // every) * every  # the first log step after the warm-up
     method.steps = warmup + -(-steps // every) * every  # DANN's one stage runs method.steps
-    marks: list[tuple[int, float, int]] = []
+    marks: list[tuple[int, Mark]] = []
     fit(method, pair, TrainerConfig(batch_size=cfg.trainer.batch_size, eval_every=method.steps,
                                     log_every=every, progress_bar=False), 0,
-        lambda _, step: marks.append((step, time.perf_counter(), minor_faults())))
-    (s0, t0, f0), (s1, t1, f1) = next(m for m in marks if m[0] == warmup), marks[-1]
-    return {**rate(s1 - s0, 2 * cfg.trainer.batch_size, t1 - t0, f1 - f0),
+        lambda _, step: marks.append((step, mark())))
+    # The last step is logged twice: its losses, then the accuracies of the final evaluation.
+    (s0, start), (s1, end) = (next(m for m in marks if m[0] == s) for s in (warmup, method.steps))
+    return {**rate(s1 - s0, 2 * cfg.trainer.batch_size, start, end),
             "shape": [pair.channels, pair.image_size, pair.num_classes]}
 
 
@@ -218,6 +225,7 @@ def median_of(results: list[dict]) -> dict:
     return {"img_s": round(statistics.median(r["img_s"] for r in results)),
             "img_s_rounds": [round(r["img_s"]) for r in results],
             "minflt_per_step": round(statistics.median(r["minflt_per_step"] for r in results), 1),
+            "cpu_busy": round(statistics.median(r["cpu_busy"] for r in results), 2),
             "max_rss_mb": round(statistics.median(r["max_rss_mb"] for r in results)),
             "threads": results[0]["threads"]}
 
@@ -329,10 +337,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--throughput", type=Path, metavar="RUN_DIR",
                         help="only print the training img/s of this finished DANN run")
-    # One part in this process (the orchestrator starts these).
-    parser.add_argument("--part", choices=("a", "b", "c"), help=argparse.SUPPRESS)
-    parser.add_argument("--malloc", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
-    parser.add_argument("--shape", type=int, nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=("a", "b", "c"),
+                        help="only measure this part, in this process (what each round starts)")
+    parser.add_argument("--malloc", choices=("on", "off"), default="on",
+                        help="with --part: trainer.malloc_tuning on or off")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("CHANNELS", "SIZE", "CLASSES"),
+                        help="with --part a: the pair's input shape")
     args = parser.parse_args()
     if args.part:
         run_part(args)

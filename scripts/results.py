@@ -120,14 +120,17 @@ def speed_section(bench: dict) -> list[str]:
              f"{bench['cpu_cores']} cores, batches of {bench['batch']}, torch {bench['torch']}, "
              f"glibc {bench['glibc'] or '—'}). Each figure is measured in a fresh process and is "
              f"the median of {bench['rounds']} interleaved rounds of {bench['steps']} steps; page "
-             "faults are the minor faults of the timed steps (`getrusage`), per step. Load "
+             "faults are the minor faults of the timed steps (`getrusage`), per step; CPU s/s "
+             "is the process's CPU time per second of them (below the thread count when other "
+             "processes shared the cores). Load "
              f"average (1, 5, 15 min) before: {load}.", "",
-             "| what | malloc tuning | images/s | minor page faults / step | images/s per round |",
-             "|---|---|---|---|---|"]
+             "| what | malloc tuning | images/s | minor page faults / step | CPU s/s | "
+             "images/s per round |", "|---|---|---|---|---|---|"]
 
     def row(what: str, malloc: str, m: dict) -> str:
         rounds = ", ".join(map(str, m["img_s_rounds"]))
-        return f"| {what} | {malloc} | {m['img_s']} | {m['minflt_per_step']:g} | {rounds} |"
+        return (f"| {what} | {malloc} | {m['img_s']} | {m['minflt_per_step']:g} | "
+                f"{m['cpu_busy']} | {rounds} |")
 
     whats = {"a": "(a) DANN update alone, on batches already in memory (the bound)"}
     whats.update({key: f"(b) transferlab training loop, {key[2:]} storage"
