@@ -11,18 +11,29 @@ through another path (memory-mapped files, a smaller dataset), pays the faults.
 
 `tune_malloc` makes the fast state deliberate: blocks below MMAP_THRESHOLD come from the heap,
 and the heap is returned to the kernel only when more than TRIM_THRESHOLD is free at its top.
-Measured on the 2-core CPU of docs/RESULTS.md, the DANN update (64 + 64 images, 2 threads) in a
-fresh process (`scripts/bench.py`; the numbers, and the command, in docs/RESULTS.md):
+Minor page faults per step of the DANN update (64 + 64 images, 2 threads, 50 steps, each in a
+fresh process, on the 2-core CPU of docs/RESULTS.md), from
+`MALLOC_MMAP_THRESHOLD_=M MALLOC_TRIM_THRESHOLD_=T python scripts/bench.py --malloc off
+--part a --shape 3 28 10 --steps 50` (nothing loaded) and `... --part b` (our loop, after
+loading MNIST→MNIST-M); glibc reads these variables at start-up as mallopt would set them:
 
-- glibc's defaults: about 6,300 minor page faults per step;
-- 32 MiB / 1 GiB: about 0 per step, in a fresh process and after loading MNIST→MNIST-M alike;
-- 4 MiB mmap threshold: still about 3,800 per step (the 9.4 MB buffer stays above it);
-- 32 MiB mmap / 32 MiB trim threshold: about 70 per step (the heap top is trimmed and regrown).
+    mmap / trim threshold          (a) nothing loaded   (b) after loading
+    glibc's defaults (dynamic)          5,057                 0
+    4 MiB / 1 GiB                       5,534             4,205
+    16 MiB / 1 GiB                         28                 0
+    32 MiB / 32 MiB                       190               302
+    32 MiB / 128 MiB                        0                 0
+    32 MiB / 1 GiB (these)                  4                 0
 
-32 MiB is the most glibc's own adjustment ever reaches, so the setting is the lucky state made
-deterministic, not a new regime; blocks above it (an evaluation batch of 2048 images) still go
-to `mmap` and back. 1 GiB of trim threshold leaves room for batches and models several times
-larger than the defaults; what it keeps is at most the heap the run itself has already used.
+A threshold below the largest per-step buffer keeps the faults, and pinning it low is worse
+than glibc's luck; a trim threshold near the step's own heap use trims and regrows the heap.
+32 MiB is also the most glibc's own adjustment ever reaches on 64-bit systems, and a value
+every 64-bit glibc accepts, so this is the lucky state made deterministic, not a new regime:
+blocks above it (batches of more than about 220 images per domain with this CNN, evaluation
+batches of 2048) still go to
+`mmap` and back. 1 GiB of trim threshold leaves room for batches and models several times
+larger; what it keeps is at most the heap the run itself has used (max RSS 1,328 MB instead
+of 1,273 MB in (b)). Speed with and without: docs/RESULTS.md, Speed.
 """
 
 from __future__ import annotations
