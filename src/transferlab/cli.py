@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import transferlab
 from transferlab import stops, sweeps
+from transferlab.allocator import tune_malloc
 from transferlab.checkpoint import Checkpointer
 from transferlab.config import check_choices, objective_direction, register_resolvers, validate
 from transferlab.data.domain import DomainPair, as_input
@@ -164,6 +165,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
             folder.check_resumable(checkpointer.path, resume["config"])
             log.info(f"resuming from {checkpointer.path} at step {resume['step']}")
         folder.begin(resume["history"] if resume else [])
+        # Before the data is loaded: the thresholds govern every allocation after this.
+        folder.update(malloc_tuned=tune_malloc(cfg.trainer.malloc_tuning))
 
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)

@@ -64,13 +64,14 @@ class Rule:
 # these (and the seed) are repeats of one experiment, and a checkpoint resumes across them.
 # `objective` only picks the number handed to a sweeper, `keep_best` which evaluation best.pt
 # keeps; `num_threads` follows the launcher. Where images are kept (memory or a mapped cache)
-# and how many threads decode them do not change a single batch: those keys are operational too.
+# and how many threads decode them do not change a single batch: those keys are operational too,
+# as is `malloc_tuning`, which changes how fast the same steps run, not their results.
 OPERATIONAL_KEYS = frozenset({
     "objective", "data.root", "data.cache_dir", "data.download", "trainer.progress_bar",
     "trainer.log_every", "trainer.checkpoint_every", "trainer.num_threads", "trainer.keep_best",
     "analysis.at_end", "analysis.samples",
     "trainer.stage_cache", "trainer.reuse_stages",  # a reused stage equals a trained one
-    "data.in_memory", "data.in_memory_max_mb", "data.workers",
+    "data.in_memory", "data.in_memory_max_mb", "data.workers", "trainer.malloc_tuning",
 })
 
 
@@ -122,6 +123,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.num_threads": Rule(int, min=1, nullable=True),
     "trainer.reuse_stages": Rule(bool),
     "trainer.stage_cache": Rule(str, nullable=True),
+    "trainer.malloc_tuning": Rule(bool),
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),
     "trainer.lr_schedule.beta": Rule(float, min=0),
