@@ -91,8 +91,10 @@ def test_adda_target_encoder_starts_from_the_pretrained_source_encoder():
     assert any(not torch.equal(t, initial[n]) for n, t in source.items())  # pretraining ran
 
 
-def test_adda_adaptation_changes_only_the_target_encoder_and_discriminator():
-    _, pair, method = built("method=adda", "trainer.steps=3")
+@pytest.mark.parametrize("split,adapted", [("encoder", {"target_encoder"}),
+                                           ("last_layer", {"target_encoder", "target_hidden"})])
+def test_adda_adaptation_changes_only_the_target_side_and_discriminator(split, adapted):
+    _, pair, method = built("method=adda", "trainer.steps=3", f"method.split={split}")
     stages = method.stages(pair.training_view(False))
     stages[1].on_start()
     method.train()
@@ -100,11 +102,11 @@ def test_adda_adaptation_changes_only_the_target_encoder_and_discriminator():
     stages[1].update(batch_of(pair, method), 0.5)
     changed = {k.split(".")[0] for k, v in method.state_dict().items()
                if not torch.equal(v, before[k])}
-    assert changed == {"target_encoder", "discriminator"}
+    assert changed == adapted | {"discriminator"}
 
 
 def test_adda_classifies_target_images_with_the_target_encoder_and_source_head():
-    _, pair, method = built("method=adda", "trainer.steps=3")
+    _, pair, method = built("method=adda", "trainer.steps=3", "method.split=encoder")
     stages = method.stages(pair.training_view(False))
     x = batch_of(pair, method)["target"][0]
     method.eval()
