@@ -111,8 +111,12 @@ class ADDA(Method):
         return self.target_hidden(self.target_encoder(x))
 
     def outputs(self, x: Tensor, domain: DomainName) -> tuple[Tensor, Tensor]:
-        """Features are those the discriminator sees, for both domains."""
-        if domain == "target" and self.adapting:
+        """Before adaptation, the source network's (pretraining evaluates exactly as
+        source-only training does, so its stored stage serves both); during it, the features
+        the discriminator sees, for both domains."""
+        if not self.adapting:
+            return super().outputs(x, domain)
+        if domain == "target":
             features = self.target_features(x)
         else:
             features = self._source_hidden()(self.network.features(x))
