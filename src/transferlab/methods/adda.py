@@ -39,7 +39,7 @@ class ADDA(Method):
 
     def __init__(self, pretrain_steps: int, adapt_steps: int,
                  adapt_optimizer: OptimizerFactory,
-                 discriminator_hidden: Sequence[int] = (500, 500), split: str = "encoder",
+                 discriminator_hidden: Sequence[int] = (500, 500), split: str = "last_layer",
                  **common: Any) -> None:
         super().__init__(**common)
         self.pretrain_steps, self.adapt_steps = pretrain_steps, adapt_steps
