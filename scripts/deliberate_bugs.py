@@ -87,7 +87,7 @@ BUGS = [
         "computed[s].labels if domain_of(s) == e.labels else None", "computed[s].labels",
         ("tests/test_seams.py",)),
     # The methods of issues 9 and 10, and the data and speed seams.
-    Bug("mmd-cross-terms-paired-as-within", "the linear MMD's cross-domain pairs taken within "
+    Bug("mmd-cross-terms-within", "the linear MMD's cross-domain pairs taken within "
         "a domain", "src/transferlab/losses/discrepancy.py",
         "(s1 - t2).pow(2).sum(1), (s2 - t1).pow(2).sum(1)])",
         "(s1 - s2).pow(2).sum(1), (t1 - t2).pow(2).sum(1)])",
