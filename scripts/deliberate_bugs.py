@@ -116,7 +116,7 @@ BUGS = [
     Bug("usps-layout-ignored", "the USPS loader ignores `layout: mnist`",
         "src/transferlab/data/usps.py", 'if layout == "mnist":', "if False:",
         ("tests/test_usps_layout.py",)),
-    Bug("stage-cache-ignores-augmentation", "a stored stage is reused with another augmentation",
+    Bug("stage-cache-ignores-augment", "a stored stage is reused with another augmentation",
         "src/transferlab/stage_cache.py", '"augment": augment,', "",
         ("tests/test_stage_cache.py",)),
     Bug("malloc-tuning-ignored", "trainer.malloc_tuning sets nothing",
