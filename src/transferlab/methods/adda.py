@@ -5,6 +5,9 @@ a separate target encoder from the source encoder's weights, and plays a GAN gam
 discriminator learns to tell source features from target features, and the target encoder is
 trained with inverted labels (its features labelled "source") to fool it. Target images are
 then classified by the target encoder and the frozen source classifier.
+
+Where the encoder ends is `split`: by default everything but the classifier's last layer, as in
+the paper's LeNet (conv, conv, fc 500 | fc 10); `encoder` adapts the backbone's encoder only.
 """
 
 from __future__ import annotations
