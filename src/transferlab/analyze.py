@@ -12,10 +12,9 @@ those of `transferlab.analysis`. Needs `pip install 'transferlab[analysis]'`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from transferlab.errors import UserError, find_user_error
+from transferlab.errors import UserError, user_errors_exit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,19 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = [a for a in args.runs if "=" in a]
     runs = [Path(a) for a in args.runs if "=" not in a]
-    try:
+    with user_errors_exit():
         if args.samples < 2:
             raise UserError(f"--samples={args.samples} is invalid: must be an integer >= 2")
         from transferlab.analysis import analyze_runs
 
         results, side_by_side = analyze_runs(runs, args.out, args.samples, args.seed,
                                              overrides, args.checkpoint, args.device)
-    except Exception as e:
-        error = find_user_error(e)  # also when Hydra's instantiate wrapped it
-        if error is None:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     for r in results:
         s = r.summary
         print(f"{r.run_dir}: proxy A-distance {s['proxy_a_distance']:.3f} (pixels "

@@ -1,5 +1,11 @@
 """Errors caused by the user's input or environment, reported as one line without a traceback."""
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad config value, missing data); shown as one line."""
@@ -19,3 +25,17 @@ def find_user_error(error: BaseException) -> UserError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """For a command's main: a UserError (also wrapped, e.g. by Hydra's instantiate) ends the
+    process with one line on stderr and exit status 2; anything else propagates."""
+    try:
+        yield
+    except Exception as e:
+        error = find_user_error(e)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -10,11 +10,10 @@ run folder, or into --out.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from transferlab.errors import find_user_error
+from transferlab.errors import user_errors_exit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,15 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="last", help="last (default) or best")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, ...")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit():
         written = evaluate_command(args.run_dir, args.overrides, args.out, args.checkpoint,
                                    args.device)
-    except Exception as e:
-        error = find_user_error(e)  # also when Hydra's instantiate wrapped it
-        if error is None:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {written}")
 
 

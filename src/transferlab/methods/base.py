@@ -146,6 +146,13 @@ class Method(nn.Module):
     def stages(self, view: TrainingView) -> list[Stage]:
         raise NotImplementedError
 
+    def joint_stage(self, name: str, view: TrainingView, update: Update) -> list[Stage]:
+        """The one stage of a method that trains everything it holds (network, discriminators,
+        extra heads) with one optimizer on source and target batches: `self._optimizer`."""
+        self._optimizer = self.optimizer(self)
+        data = {"source": view.source, "target": view.target}
+        return [Stage(name, self.steps, update, data, [self._optimizer])]
+
     def regularized(self, loss: Tensor, target_logits: Tensor,
                     scalars: dict[str, Tensor | float]) -> Tensor:
         """`loss` plus each configured regulariser's weighted term on the target batch's

@@ -47,9 +47,7 @@ class CDAN(Method):
             self.multilinear.out_features, domain_hidden, domain_batch_norm, domain_dropout))
 
     def stages(self, view: TrainingView) -> list[Stage]:
-        self._optimizer = self.optimizer(self)
-        data = {"source": view.source, "target": view.target}
-        return [Stage("cdan", self.steps, self.update, data, [self._optimizer])]
+        return self.joint_stage("cdan", view, self.update)
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor | float]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]

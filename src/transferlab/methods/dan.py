@@ -43,9 +43,7 @@ class FeatureAlignment(Method):
         raise NotImplementedError
 
     def stages(self, view: TrainingView) -> list[Stage]:
-        self._optimizer = self.optimizer(self)
-        data = {"source": view.source, "target": view.target}
-        return [Stage("align", self.steps, self.update, data, [self._optimizer])]
+        return self.joint_stage("align", view, self.update)
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]

@@ -36,9 +36,7 @@ class DANN(Method):
             self.network.feature_dim, domain_hidden, domain_batch_norm, domain_dropout))
 
     def stages(self, view: TrainingView) -> list[Stage]:
-        self._optimizer = self.optimizer(self)
-        data = {"source": view.source, "target": view.target}
-        return [Stage("dann", self.steps, self.update, data, [self._optimizer])]
+        return self.joint_stage("dann", view, self.update)
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor | float]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]

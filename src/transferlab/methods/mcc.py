@@ -28,9 +28,7 @@ class MCC(Method):
         self.trade_off, self.temperature = trade_off, temperature
 
     def stages(self, view: TrainingView) -> list[Stage]:
-        self._optimizer = self.optimizer(self)
-        data = {"source": view.source, "target": view.target}
-        return [Stage("mcc", self.steps, self.update, data, [self._optimizer])]
+        return self.joint_stage("mcc", view, self.update)
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]

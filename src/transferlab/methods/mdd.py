@@ -43,9 +43,7 @@ class MDD(Method):
         self.disparity = MarginDisparityLoss(fresh_copy(self.network.head), margin)
 
     def stages(self, view: TrainingView) -> list[Stage]:
-        self._optimizer = self.optimizer(self)
-        data = {"source": view.source, "target": view.target}
-        return [Stage("mdd", self.steps, self.update, data, [self._optimizer])]
+        return self.joint_stage("mdd", view, self.update)
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor | float]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
