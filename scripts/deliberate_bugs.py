@@ -112,6 +112,10 @@ BUGS = [
         "src/transferlab/methods/dirtt.py",
         "self.teacher.load_state_dict(self.average.state_dict())", "pass",
         ("tests/test_vada_dirtt.py",)),
+    Bug("adda-hidden-not-initialised", "ADDA's adapted head layers not started from the "
+        "pretrained source layers (split=last_layer)", "src/transferlab/methods/adda.py",
+        "self.target_hidden.load_state_dict(self._source_hidden().state_dict())", "pass",
+        ("tests/test_adda_split.py",)),
     Bug("usps-layout-ignored", "the USPS loader ignores `layout: mnist`",
         "src/transferlab/data/usps.py", 'if layout == "mnist":', "if False:",
         ("tests/test_usps_layout.py",)),

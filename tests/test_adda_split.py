@@ -69,3 +69,16 @@ def test_unknown_split_is_refused(tmp_path):
 
     with pytest.raises(UserError, match=r"method\.split=.middle. is invalid"):
         run_in_process(tmp_path, "method=adda", "method.split=middle")
+
+
+def test_last_layer_split_starts_the_target_side_from_the_pretrained_source_layers():
+    pair, method = _adda("backbone=dann_mnist", "method.split=last_layer")
+    stages = method.stages(pair.training_view(False))
+    with torch.no_grad():
+        for p in method.network.parameters():
+            p.add_(0.1)  # as pretraining moves them away from the copies made at build time
+    stages[1].on_start()
+    for target, source in ((method.target_encoder, method.network.encoder),
+                           (method.target_hidden, method.network.head[:-1])):
+        reference = source.state_dict()
+        assert all(torch.equal(t, reference[n]) for n, t in target.state_dict().items())
