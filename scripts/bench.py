@@ -3,6 +3,9 @@
     python scripts/bench.py                      # data from $TRANSFERLAB_DATA or ./data
     python scripts/bench.py --data-root ../shared/data --json docs/bench.json
     python scripts/bench.py --throughput RUN_DIR # training img/s of a finished DANN run
+    python scripts/bench.py --storage memory mapped --digit-folders /tmp/digits
+    python scripts/bench.py --data folders       # the image-folder path at 224 px (its own
+                                                 # options: scripts/bench_folders.py)
 
 Measures images per second (source + target images) and the minor page faults of the timed
 part (`getrusage`), each part in a fresh process, so that nothing done before it (loading data,
@@ -11,7 +14,10 @@ another part) sets the allocator state it starts from:
       dataset: the batches are random uint8 images of the pair's shape, converted once (the
       update's cost does not depend on pixel values),
   (b) our DANN training loop (`transferlab.train.fit`), per --storage: batches indexed from the
-      uint8 tensors, converted on the batch, the update, lr schedule, NaN check, logging,
+      uint8 tensors, converted on the batch, the update, lr schedule, NaN check, logging.
+      `memory`: the pair's loaders, in memory; `mapped`: the same digits as PNG folders
+      (written by scripts/make_digit_folders.py, --digit-folders) through `data=folders`,
+      whose uint8 cache file is memory-mapped, not loaded,
   (c) the same update fed by a standard torchvision pipeline: per-sample PIL images through
       `transforms`, collated by a `DataLoader`,
 (a) and (b) with glibc malloc's thresholds pinned (`trainer.malloc_tuning`, the default) and
@@ -52,9 +58,15 @@ from transferlab.data.domain import Domain, DomainPair, Split, as_input
 from transferlab.train import TrainerConfig, fit
 
 PAPER_DANN = 0.7666
-# How (b) loads the pair for each --storage choice: config overrides added to the benchmark's.
-# Another data path (memory-mapped files, say) is measured by adding its overrides here.
-STORAGES: dict[str, list[str]] = {"memory": []}
+# How (b) loads the pair for each --storage choice: the data overrides of the benchmark's config.
+# `mapped` reads the folders of scripts/make_digit_folders.py with that script's settings; its
+# cache goes to the usual data.cache_dir.
+STORAGES: dict[str, list[str]] = {
+    "memory": ["data={data}", "data.root={root}"],
+    "mapped": ["data=folders", "data.source.path={folders}/mnist",
+               "data.target.path={folders}/mnistm", "data.storage_size=28", "data.augment=null",
+               "data.source_val_size=5000", "data.target_val_size=1000", "data.in_memory=false"],
+}
 WARMUP_STEPS = 20
 
 
@@ -191,7 +203,7 @@ def run_part(args: argparse.Namespace) -> None:
     tuned = tune_malloc(args.malloc == "on")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = compose([*base_overrides(args), *STORAGES[args.storage[0]]])
+    cfg = compose(base_overrides(args, args.storage[0]))
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
     if args.part == "a":
@@ -205,15 +217,18 @@ def run_part(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------ the orchestrator
 
-def base_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = ["method=dann", f"data={args.data}", f"data.root={args.data_root}",
-                 f"device={args.device}", "trainer.progress_bar=false"]
+def base_overrides(args: argparse.Namespace, storage: str = "memory") -> list[str]:
+    data = [o.format(data=args.data, root=args.data_root, folders=args.digit_folders)
+            for o in STORAGES[storage]]
+    overrides = ["method=dann", *data, f"device={args.device}", "trainer.progress_bar=false"]
     return overrides + ([f"trainer.num_threads={args.threads}"] if args.threads else [])
 
 
 def child(args: argparse.Namespace, part: str, malloc: str, *extra: str) -> dict:
     common = ["--data", args.data, "--data-root", args.data_root, "--device", args.device,
               "--steps", str(args.steps)]
+    if args.digit_folders:
+        common += ["--digit-folders", str(args.digit_folders)]
     if args.threads:
         common += ["--threads", str(args.threads)]
     cmd = [sys.executable, __file__, "--part", part, "--malloc", malloc, *common, *extra]
@@ -315,7 +330,8 @@ def report(parts: dict[str, dict[str, dict]], storages: list[str]) -> dict[str, 
         print(row(f"(c) DataLoader, {workers} workers", m))
     b_over_a = {s: {m: round(parts[f"b:{s}"][m]["img_s"] / a[m]["img_s"], 3) for m in a}
                 for s in storages}
-    b_over_c = round(parts["b:memory"]["on"]["img_s"] / max(v["img_s"] for v in c.values()), 3)
+    fastest_loader = max(v["img_s"] for v in c.values())
+    b_over_c = round(parts[f"b:{storages[0]}"]["on"]["img_s"] / fastest_loader, 3)
     tuning_gain = {key: round(by["on"]["img_s"] / by["off"]["img_s"], 3)
                    for key, by in parts.items() if "off" in by}
     print(f"b/a by storage and malloc tuning: {b_over_a}; b/c = {b_over_c} (fastest DataLoader); "
@@ -324,6 +340,15 @@ def report(parts: dict[str, dict[str, dict]], storages: list[str]) -> dict[str, 
 
 
 def main() -> None:
+    # The image-folder benchmark has options of its own: hand it everything but `--data`.
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--data")
+    known, rest = first.parse_known_args()
+    if known.data == "folders":
+        import bench_folders  # scripts/ is on the path of a script run from it
+
+        bench_folders.main(rest)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("TRANSFERLAB_DATA", "./data"))
     parser.add_argument("--steps", type=int, default=1000, help="timed steps per figure")
@@ -332,7 +357,10 @@ def main() -> None:
                         help="data paths measured for (b)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="DataLoader worker counts tried for (c); b/c uses the fastest")
-    parser.add_argument("--data", default="mnist_mnistm", help="the pair (tiny: a quick check)")
+    parser.add_argument("--data", default="mnist_mnistm",
+                        help="the pair (tiny: a quick check; folders: scripts/bench_folders.py)")
+    parser.add_argument("--digit-folders", type=Path,
+                        help="with --storage mapped: the output of scripts/make_digit_folders.py")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip-time-to-accuracy", action="store_true")
@@ -346,6 +374,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("CHANNELS", "SIZE", "CLASSES"),
                         help="with --part a: the pair's input shape")
     args = parser.parse_args()
+    if "mapped" in args.storage and (args.data != "mnist_mnistm" or not args.digit_folders):
+        parser.error("--storage mapped reads MNIST and MNIST-M as folders: it needs --data "
+                     "mnist_mnistm and --digit-folders DIR (scripts/make_digit_folders.py DIR)")
     if args.part:
         run_part(args)
         return

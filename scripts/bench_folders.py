@@ -1,7 +1,9 @@
 """Speed of the image-folder data path at 224 px, against torchvision's ImageFolder+DataLoader.
 
-    python scripts/bench_folders.py                        # a generated Office-like folder
-    python scripts/bench_folders.py --folder /data/office31/amazon/images --json out.json
+    python scripts/bench.py --data folders                 # a generated Office-like folder
+    python scripts/bench.py --data folders --folder /data/office31/amazon/images --json out.json
+
+(`python scripts/bench_folders.py ...` is the same.)
 
 Measures images per second of
   (a) our data path alone: index the uint8 store, copy the batch, random resized crop + flip
@@ -85,7 +87,7 @@ def endless(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", type=Path, help="a folder of class folders (default: made)")
     parser.add_argument("--images", type=int, default=620)
@@ -95,7 +97,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of this process")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
