@@ -82,7 +82,7 @@ analyze-figures:
 # their neighbours, chosen without target labels (README). STUDY_ARGS go last, so e.g.
 # STUDY_ARGS="data=tiny trainer.steps=300 trainer.eval_every=50" is a miniature of the study.
 STUDY_DIR ?= multirun/selection
-STUDY_BY ?= snd
+STUDY_BY ?= bnm
 STUDY_ARGS ?=
 STUDY_REPORT ?= docs
 selection-study:

@@ -388,6 +388,7 @@ def main() -> None:
     parts = fresh_processes(args)
     bs = compose(base_overrides(args)).trainer.batch_size
     figures: dict[str, Any] = {
+        "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
         "device": str(resolve_device(args.device)), "cpu_threads": parts["a"]["on"]["threads"],
         "cpu_cores": os.cpu_count(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

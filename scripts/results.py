@@ -143,7 +143,8 @@ def plot_curves(exp: str, runs: list[Run], out: Path) -> str | None:
 def speed_section(bench: dict) -> list[str]:
     parts = bench["parts"]
     load = ", ".join(f"{x:.2f}" for x in bench["load_avg_1_5_15_before"])
-    lines = ["## Speed", "", "Command: `python scripts/bench.py --json docs/bench.json` "
+    command = bench.get("command", "python scripts/bench.py --json docs/bench.json")
+    lines = ["## Speed", "", f"Command: `{command}` "
              f"(device {bench['device']}, {bench['cpu_threads']} torch threads on "
              f"{bench['cpu_cores']} cores, batches of {bench['batch']}, torch {bench['torch']}, "
              f"glibc {bench['glibc'] or '—'}). Each figure is measured in a fresh process and is "

@@ -186,7 +186,7 @@ def test_keep_best_survives_a_resume_and_prefers_the_earliest_tie(tmp_path: Path
 def test_keep_best_writes_the_weights_of_the_best_evaluation(tmp_path: Path):
     overrides = ("method=dann", "trainer.steps=12", "trainer.eval_every=3",
                  "trainer.optimizer.lr=0.05",
-                 "evaluation.validators=[source_val_acc,snd,entropy]")
+                 "evaluation.validators=[source_val_acc,snd,entropy]", "objective=snd")
     record = run_in_process(tmp_path / "run", *overrides, "trainer.keep_best=snd")
     history = record["history"]
     best_entry = max(history, key=lambda h: h["snd"])  # max keeps the first of ties
