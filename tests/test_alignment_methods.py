@@ -82,13 +82,17 @@ def source_target(batch):
     return xs, ys, xt
 
 
-@pytest.mark.parametrize("name,discrepancy,weight", [
-    ("dan", functools.partial(multi_kernel_mmd, linear=True), 1.0),
-    ("coral", coral, 1.0),
+@pytest.mark.parametrize("name,discrepancy,weight,gamma", [
+    ("dan", functools.partial(multi_kernel_mmd, linear=True), 1.0, None),
+    ("coral", coral, 1.0, None),
+    # the ramp: at PROGRESS the term counts 2 · (2 / (1 + e^-1) - 1) = 0.924, not 2
+    ("dan", functools.partial(multi_kernel_mmd, linear=True), 2.0, 2.0),
+    ("coral", coral, 2.0, 2.0),
 ])
 def test_feature_alignment_update_adds_the_discrepancy_gradient_of_each_layer(
-        name, discrepancy, weight):
-    method, view, batch = build_method(name, f"method.alignment_weight={weight}")
+        name, discrepancy, weight, gamma):
+    method, view, batch = build_method(name, f"method.alignment_weight={weight}",
+                                       f"method.alignment_gamma={gamma or 'null'}")
     off = copy.deepcopy(method)
     off.alignment_weight = 0.0
     reference = copy.deepcopy(method)
@@ -98,7 +102,8 @@ def test_feature_alignment_update_adds_the_discrepancy_gradient_of_each_layer(
     n = len(xs)
     alignment = sum(discrepancy(a[:n].flatten(1), a[n:].flatten(1)) for a in taps.values())
     assert len(taps) == (2 if name == "dan" else 1)
-    expected = {k: -LR * method.alignment_weight * g
+    factor = weight if gamma is None else dann_lambda(PROGRESS, gamma, weight)
+    expected = {k: -LR * factor * g
                 for k, g in gradients(alignment, reference.network, "network.").items()}
     assert all(g.abs().max() > 0 for k, g in expected.items() if k.startswith("network.enc"))
     assert_alignment_part(step(method, view, batch), step(off, view, batch), expected)

@@ -20,18 +20,22 @@ from transferlab.data.domain import TrainingView
 from transferlab.errors import UserError
 from transferlab.losses.discrepancy import DAN_BANDWIDTHS, multi_kernel_mmd
 from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.schedules import dann_lambda
 
 
 class FeatureAlignment(Method):
     """Cross-entropy on source + `alignment_weight` · Σ over `layers` of `discrepancy(source
     activations, target activations)`; both domains go through the network as one batch."""
 
-    limits: ClassVar = {"alignment_weight": Rule(float, min=0)}
+    limits: ClassVar = {"alignment_weight": Rule(float, min=0),
+                        "alignment_gamma": Rule(float, min=0, nullable=True)}
     discrepancy_name: ClassVar[str]  # the loss tag, e.g. "mmd"
 
-    def __init__(self, alignment_weight: float, layers: Sequence[str], **common: Any) -> None:
+    def __init__(self, alignment_weight: float, layers: Sequence[str],
+                 alignment_gamma: float | None = None, **common: Any) -> None:
         super().__init__(**common)
         self.alignment_weight = alignment_weight
+        self.alignment_gamma = alignment_gamma
         self.layers = tuple(layers)
         valid = self.network.tap_names()
         unknown = [name for name in self.layers if name not in valid]
@@ -52,8 +56,15 @@ class FeatureAlignment(Method):
         label_loss = F.cross_entropy(logits[:n], ys)
         alignment = sum(self.discrepancy(a[:n].flatten(1), a[n:].flatten(1))
                         for a in taps.values())
-        optimize(self._optimizer, label_loss + self.alignment_weight * alignment)
+        optimize(self._optimizer, label_loss + self.weight(progress) * alignment)
         return {"loss/classification": label_loss, f"loss/{self.discrepancy_name}": alignment}
+
+    def weight(self, progress: float) -> float:
+        """`alignment_weight`, or with `alignment_gamma` set, DANN's ramp from 0 up to it:
+        aligning the random features of the first steps can collapse them (DAN, seed 1)."""
+        if self.alignment_gamma is None:
+            return self.alignment_weight
+        return dann_lambda(progress, self.alignment_gamma, self.alignment_weight)
 
 
 class DAN(FeatureAlignment):
@@ -63,8 +74,9 @@ class DAN(FeatureAlignment):
 
     def __init__(self, alignment_weight: float = 1.0,
                  layers: Sequence[str] = ("features", "logits"), estimator: str = "linear",
-                 bandwidths: Sequence[float] = DAN_BANDWIDTHS, **common: Any) -> None:
-        super().__init__(alignment_weight, layers, **common)
+                 bandwidths: Sequence[float] = DAN_BANDWIDTHS,
+                 alignment_gamma: float | None = None, **common: Any) -> None:
+        super().__init__(alignment_weight, layers, alignment_gamma, **common)
         self.linear = estimator == "linear"
         self.bandwidths = tuple(bandwidths)
         if not self.bandwidths or min(self.bandwidths) <= 0:
