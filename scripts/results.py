@@ -73,9 +73,9 @@ def experiment_section(exp: str, runs: list[Run]) -> list[str]:
     lines = [f"## {TITLES[exp]}", ""]
     published = PUBLISHED[exp]
     if not runs:
-        lines += [f"Not yet measured here: the {MISSING.get(exp, 'data')} files are not on the "
-                  "machine these results come from. To measure, put them under `data.root` "
-                  f"(torchvision's layout) and run `{COMMAND.format(exp=exp)}`.", "",
+        lines += ["Not yet measured here: `make reproduce` found no runs of this experiment "
+                  f"(it needs the {MISSING.get(exp, 'data')} files under `data.root`, in "
+                  f"torchvision's layout). To measure, run `{COMMAND.format(exp=exp)}`.", "",
                   "| method | target acc (ours) | target acc (published) |", "|---|---|---|"]
         lines += [f"| {m} | not yet measured here | {published.get(m, '—')} |" for m in METHODS]
         return [*lines, ""]
