@@ -74,9 +74,8 @@ class DAN(FeatureAlignment):
 
     def __init__(self, alignment_weight: float = 1.0,
                  layers: Sequence[str] = ("features", "logits"), estimator: str = "linear",
-                 bandwidths: Sequence[float] = DAN_BANDWIDTHS,
-                 alignment_gamma: float | None = None, **common: Any) -> None:
-        super().__init__(alignment_weight, layers, alignment_gamma, **common)
+                 bandwidths: Sequence[float] = DAN_BANDWIDTHS, **common: Any) -> None:
+        super().__init__(alignment_weight, layers, **common)
         self.linear = estimator == "linear"
         self.bandwidths = tuple(bandwidths)
         if not self.bandwidths or min(self.bandwidths) <= 0:
