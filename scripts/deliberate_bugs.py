@@ -125,6 +125,9 @@ BUGS = [
     Bug("malloc-tuning-ignored", "trainer.malloc_tuning sets nothing",
         "src/transferlab/allocator.py", "    if not enabled:", "    if True:",
         ("tests/test_allocator.py",)),
+    Bug("flush-denormal-ignored", "trainer.flush_denormal sets nothing",
+        "src/transferlab/denormals.py", "    torch.set_flush_denormal(enabled)\n", "",
+        ("tests/test_denormals.py",)),
 
 ]
 

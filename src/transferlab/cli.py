@@ -27,6 +27,7 @@ from transferlab.allocator import tune_malloc
 from transferlab.checkpoint import Checkpointer
 from transferlab.config import check_choices, objective_direction, register_resolvers, validate
 from transferlab.data.domain import DomainPair, as_input
+from transferlab.denormals import flush_denormals
 from transferlab.errors import UserError, find_user_error
 from transferlab.evaluation import Evaluator
 from transferlab.evaluation.base import REPORTS, TEST_SPLITS
@@ -170,6 +171,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
 
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
+        # Before any parallel work, so that torch's threads inherit the flags when they start.
+        folder.update(denormals_flushed=flush_denormals(cfg.trainer.flush_denormal))
         if cfg.analysis.at_end:
             from transferlab.analysis import require
 

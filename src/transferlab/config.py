@@ -124,6 +124,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.reuse_stages": Rule(bool),
     "trainer.stage_cache": Rule(str, nullable=True),
     "trainer.malloc_tuning": Rule(bool),
+    "trainer.flush_denormal": Rule(bool),
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),
     "trainer.lr_schedule.beta": Rule(float, min=0),

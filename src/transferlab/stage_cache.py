@@ -7,8 +7,8 @@ everything its result depends on, and a later run whose stage has the same finge
 it instead of training:
 
 - the code (a hash of transferlab's source files), torch's version, the device and CPU, the
-  number of threads, precision and deterministic mode (floating-point results differ across
-  them);
+  number of threads, precision, deterministic mode and whether subnormals are flushed
+  (floating-point results differ across them);
 - the stage's settings (its kind and the hyperparameters its update reads), its steps, where
   it starts, the steps at which it is evaluated, its learning-rate schedule;
 - the starting state of the modules it trains and of its optimizers (their class, settings
@@ -45,6 +45,7 @@ from torch.optim import Optimizer
 import transferlab
 from transferlab.checkpoint import load_safely, save_atomic
 from transferlab.data.domain import Split
+from transferlab.denormals import flush_state
 from transferlab.evaluation import Evaluator
 from transferlab.methods.base import Method, Stage
 
@@ -132,6 +133,7 @@ class StageCache:
             "code": code_version(), "torch": torch.__version__, "machine": machine(device),
             "threads": torch.get_num_threads(), "precision": precision,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "denormals_flushed": flush_state(),
             "settings": stage.reuse.settings, "steps": stage.steps, "first_step": first_step,
             "eval_steps": eval_steps,
             "lr_schedule": [method.lr_alpha, method.lr_beta] if stage.anneal_lr else None,
