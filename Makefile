@@ -6,8 +6,10 @@ METHODS := $(shell cd conf/method && ls *.yaml | sed 's/\.yaml$$//' | paste -sd,
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
 
+# Test files spread over the cores (pytest-xdist); `loadfile` keeps each file on one worker, so
+# a file's session fixtures (e.g. the uninterrupted reference run) are made once.
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist loadfile
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -32,7 +34,7 @@ REPRODUCE_ARGS ?=
 reproduce:
 	for exp in $(EXPERIMENTS); do \
 		$(PYTHON) -m transferlab -m experiment=$$exp \
-			method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm,mcc,mcd,vada,dirtt seed=0,1,2 \
+			method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm,iwdan,mcc,mcd,vada,dirtt seed=0,1,2 \
 			trainer.progress_bar=false hydra.sweep.dir=$(REPRODUCE_DIR)/$$exp $(REPRODUCE_ARGS) || exit 1; \
 	done
 	# DANN with twice the steps: the step budget that source validation accuracy selects

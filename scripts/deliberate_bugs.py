@@ -128,7 +128,13 @@ BUGS = [
     Bug("flush-denormal-ignored", "trainer.flush_denormal sets nothing",
         "src/transferlab/denormals.py", "    torch.set_flush_denormal(enabled)\n", "",
         ("tests/test_denormals.py",)),
-
+    Bug("iwdan-unweighted", "IWDAN's class ratios computed but not applied (plain DANN)",
+        "src/transferlab/methods/iwdan.py", "return w[labels]",
+        "return torch.ones_like(w)[labels]", ("tests/test_label_shift.py",)),
+    Bug("bbse-plug-in", "the class ratios read off predicted proportions, ignoring confusion",
+        "src/transferlab/losses/label_shift.py",
+        "torch.linalg.pinv(confusion) @ target_predicted",
+        "target_predicted / confusion.sum(0)", ("tests/test_label_shift.py",)),
 ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from transferlab.summarize import Group, Run, group_runs, load_runs, mean_std
 
 METHODS = ("source_only", "dann", "dann+mcc", "adda", "dan", "coral", "cdan", "mdd", "iwerm",
-           "mcc", "mcd", "vada", "dirtt", "finetune", "target_only")
+           "iwdan", "mcc", "mcd", "vada", "dirtt", "finetune", "target_only")
 # Target-domain test accuracy as published: DANN paper (Ganin & Lempitsky 2015, Table 1) for
 # MNIST→MNIST-M, and for VADA and DIRT-T the DIRT-T paper (Shu et al. 2018, Table 2, without
 # instance normalisation); ADDA paper (Tzeng et al. 2017, Table 2) for the others. The papers of
@@ -35,7 +35,7 @@ TITLES = {"mnist_mnistm": "MNIST → MNIST-M", "mnist_usps": "MNIST → USPS",
           "usps_mnist": "USPS → MNIST", "svhn_mnist": "SVHN → MNIST"}
 MISSING = {"mnist_usps": "USPS", "usps_mnist": "USPS", "svhn_mnist": "SVHN"}
 COMMAND = ("python -m transferlab -m experiment={exp} "
-           "method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm,"
+           "method=source_only,target_only,dann,adda,finetune,dan,coral,cdan,mdd,iwerm,iwdan,"
            "mcc,mcd,vada,dirtt seed=0,1,2")
 STACKED = "method.regularizers."
 

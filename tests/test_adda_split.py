@@ -44,10 +44,19 @@ def test_last_layer_split_adapts_the_hidden_head_layers_and_keeps_the_classifier
         assert torch.equal(method.predict(x, "target"), expected)
 
 
-def test_encoder_split_adapts_the_encoder_only():
+def test_encoder_split_adapts_the_encoder_only(caplog):
     _, method = _adda("backbone=dann_mnist", "method.split=encoder")
     assert method.discriminator.net[0].in_features == method.network.feature_dim == 768
     assert not list(method.target_hidden.parameters())
+    # The combination that diverged on USPS → MNIST is warned about, not run silently.
+    assert "method.split=encoder adapts the encoder under head layers frozen" in caplog.text
+
+
+@pytest.mark.parametrize("backbone,split", [("dann_mnist", "last_layer"), ("lenet", "encoder")])
+def test_no_split_warning_where_nothing_of_the_head_stays_frozen_but_its_last_layer(
+        caplog, backbone, split):
+    _adda(f"backbone={backbone}", f"method.split={split}")
+    assert "method.split" not in caplog.text
 
 
 @pytest.mark.parametrize("split", ["encoder", "last_layer"])

@@ -1,4 +1,4 @@
-import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers import choices_of, compose_config
+from transferlab.cli import CONFIG_DIR
 
 
 def test_every_group_has_the_required_choices():
@@ -15,10 +16,12 @@ def test_every_group_has_the_required_choices():
         choices_of("method"))
 
 
-@pytest.mark.parametrize("data,backbone,method", list(itertools.product(
-    choices_of("data"), choices_of("backbone"), choices_of("method"))))
-def test_config_composes_and_resolves_for_every_choice(data, backbone, method):
-    cfg = compose_config(f"data={data}", f"backbone={backbone}", f"method={method}")
+GROUPS = ("data", "backbone", "method")
+
+
+@pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices_of(g)])
+def test_config_composes_and_resolves_for_every_choice(group, choice):
+    cfg = compose_config(f"{group}={choice}")
     for key in ("seed", "device", "trainer.steps", "trainer.batch_size", "trainer.eval_every",
                 "data.root", "data.download", "data.source_val_size", "data.target_val_size",
                 "evaluation.validators"):
@@ -27,6 +30,18 @@ def test_config_composes_and_resolves_for_every_choice(data, backbone, method):
     assert "_target_" in cfg.method and "_target_" in cfg.backbone
     # every interpolation resolves
     OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_no_group_interpolates_another_so_each_choice_composes_on_its_own(group):
+    """Why composing each choice once suffices: a data, backbone or method YAML that read
+    another of these groups' keys could fail only in combination, and would need the product
+    of the groups tested (it took minutes)."""
+    others = [g for g in GROUPS if g != group]
+    for choice in choices_of(group):
+        text = (Path(CONFIG_DIR) / group / f"{choice}.yaml").read_text()
+        for other in others:
+            assert "${" + other + "." not in text, f"{group}/{choice}.yaml reads {other}.*"
 
 
 @pytest.mark.parametrize("backbone", choices_of("backbone"))

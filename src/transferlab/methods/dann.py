@@ -40,15 +40,33 @@ class DANN(Method):
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor | float]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
+        n = len(xs)
         # One encoder pass over both domains: batch-norm layers (if any) see one joint batch.
         features = self.network.features(torch.cat([xs, xt]))
-        label_loss = F.cross_entropy(self.network.head(features[: len(xs)]), ys)
+        source_logits = self.network.head(features[:n])
         lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
-        domain_loss, domain_acc = self.adversarial(features[: len(xs)], features[len(xs):], lam)
-        scalars = {"loss/classification": label_loss, "loss/domain": domain_loss,
-                   "dann/lambda": lam, "dann/domain_acc": domain_acc}
+        scalars: dict[str, Tensor | float] = {"dann/lambda": lam}
+        weights = self.source_weights(source_logits, ys, features[n:], scalars)
+        label_losses = F.cross_entropy(source_logits, ys, reduction="none")
+        if weights is None:
+            label_loss = label_losses.mean()
+            domain_weights = None
+        else:  # each domain's weights normalised separately: both keep equal total weight
+            label_loss = (label_losses * weights).mean()
+            domain_weights = torch.cat([weights / weights.sum().clamp_min(1e-12),
+                                        torch.full_like(features[n:, 0], 1 / len(xt))])
+        domain_loss, domain_acc = self.adversarial(features[:n], features[n:], lam,
+                                                   domain_weights)
+        scalars.update({"loss/classification": label_loss, "loss/domain": domain_loss,
+                        "dann/domain_acc": domain_acc})
         loss = label_loss + domain_loss
         if self.regularizers:  # the target logits only when a stacked term reads them
-            loss = self.regularized(loss, self.network.head(features[len(xs):]), scalars)
+            loss = self.regularized(loss, self.network.head(features[n:]), scalars)
         optimize(self._optimizer, loss)
         return scalars
+
+    def source_weights(self, source_logits: Tensor, labels: Tensor, target_features: Tensor,
+                       scalars: dict[str, Tensor | float]) -> Tensor | None:
+        """One weight per source sample for both losses (None: unweighted, DANN itself);
+        IWDAN's class ratios override it."""
+        return None
