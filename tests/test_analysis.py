@@ -100,6 +100,14 @@ def test_confusion_sums_to_the_test_size_and_its_diagonal_is_the_reported_accura
     assert m.confusion.sum(1).tolist() == torch.bincount(labels, minlength=10).tolist()
     assert m.confusion.trace() == round(record["metrics"]["target_acc"] * len(labels))
     assert (m.confusion.sum(0) > 0).sum() > 3  # predicts several classes: rows ≠ columns
+    predicted = torch.bincount(transferlab.predict_images(method, pair.target.test.images)
+                               .argmax(1), minlength=10)
+    summary = m.summary()
+    assert summary["predicted_target_class_share"] == {
+        str(c): round(n / 200, 4) for c, n in enumerate(predicted.tolist())}
+    true_counts = torch.bincount(labels, minlength=10).tolist()
+    assert summary["target_class_share"] == {
+        str(c): round(n / 200, 4) for c, n in enumerate(true_counts)}
     # analysis.at_end=true measured the same at the end of training.
     assert record["analysis"] == m.summary()
 

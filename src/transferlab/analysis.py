@@ -11,7 +11,8 @@ The measures (library functions; `python -m transferlab.analyze` writes them to 
   slightly negative); 2: linearly separable. It is measured on the encoder's features and,
   for reference, on raw pixels. (The DANN authors' code instead keeps the C with the lowest
   error on the held-out half itself, which reads slightly higher.)
-- the confusion matrix of the whole target test split, and per-class target accuracy.
+- the confusion matrix of the whole target test split, per-class target accuracy, and the
+  share of target test images predicted as each class (label-free; beside the true shares).
 - t-SNE (openTSNE, seeded) of the encoder features of N source and N target test images.
 
 Test images are read without their labels for the distance and the picture; target test
@@ -98,6 +99,12 @@ def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Ten
     return torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+def shares(counts: Tensor) -> dict[str, float]:
+    """{class: its fraction of `counts`}, rounded to 4 places."""
+    total = counts.sum().clamp_min(1)
+    return {str(c): round((n / total).item(), 4) for c, n in enumerate(counts)}
+
+
 def per_class_accuracy(confusion: Tensor) -> dict[str, float | None]:
     """{class: accuracy on that class's images}; None for a class with no images."""
     totals = confusion.sum(1)
@@ -124,6 +131,10 @@ class Measurements:
         return {"proxy_a_distance": self.proxy_a_distance,
                 "proxy_a_distance_pixels": self.proxy_a_distance_pixels,
                 "per_class_target_acc": per_class_accuracy(self.confusion),
+                # What the model predicts on the target: label-free (compare it with the
+                # source's label shares); the true shares are for reporting beside it.
+                "predicted_target_class_share": shares(self.confusion.sum(0)),
+                "target_class_share": shares(self.confusion.sum(1)),
                 "target_acc": self.confusion.trace().item() / total if total else None,
                 "target_test_size": total, "samples_per_domain": len(self.source)}
 
