@@ -6,6 +6,11 @@ class. IWDAN matches the target's features with the source's *reweighted by clas
 source sample weighs w_y = p_target(y) / p_source(y) in the domain loss and in the
 classification loss, with w estimated without target labels from the classifier's own
 predictions (`transferlab.losses.label_shift`). With no label shift, w = 1 and this is DANN.
+
+The estimate assumes what label shift assumes: the classifier confuses classes on the target
+as it does on the source. Where alignment itself maps one target class onto another's source
+features, the estimate reads that as a shift in the classes' shares and reinforces it
+(docs/USPS.md: MNIST → USPS, USPS nines taken for sevens).
 """
 
 from __future__ import annotations
