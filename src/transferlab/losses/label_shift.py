@@ -51,4 +51,7 @@ class ClassRatioEstimator(nn.Module):
         return self.ratios()
 
     def ratios(self) -> Tensor:
-        return class_ratios(self.confusion, self.target_predicted)
+        # In float32 even inside a bf16 training step: a pseudo-inverse in bf16 (where autocast
+        # would put the matmul) is too coarse for ratios near 1.
+        with torch.autocast(self.confusion.device.type, enabled=False):
+            return class_ratios(self.confusion, self.target_predicted)

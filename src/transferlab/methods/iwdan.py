@@ -1,7 +1,7 @@
 """IWDAN: DANN under label shift (Tachet des Combes et al., NeurIPS 2020).
 
 When the domains' label distributions differ (USPS has 16% zeros, MNIST 10%), matching the
-feature distributions as a whole forces some target digits onto the features of the wrong
+feature distributions as a whole can force some target digits onto the features of the wrong
 class. IWDAN matches the target's features with the source's *reweighted by class*: each
 source sample weighs w_y = p_target(y) / p_source(y) in the domain loss and in the
 classification loss, with w estimated without target labels from the classifier's own
