@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from helpers import choices_of, compose_config
+from helpers import GROUPS, choices_of, compose_config
 from transferlab.cli import CONFIG_DIR
 
 
@@ -14,9 +14,6 @@ def test_every_group_has_the_required_choices():
     assert {"dann_mnist", "lenet"} <= set(choices_of("backbone"))
     assert {"source_only", "target_only", "dann", "adda", "finetune"} <= set(
         choices_of("method"))
-
-
-GROUPS = ("data", "backbone", "method")
 
 
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices_of(g)])
