@@ -135,6 +135,9 @@ BUGS = [
         "src/transferlab/losses/label_shift.py",
         "torch.linalg.pinv(confusion) @ target_predicted",
         "target_predicted / confusion.sum(0)", ("tests/test_label_shift.py",)),
+    Bug("bbse-transposed-confusion", "IWDAN's confusion counted with true and predicted swapped",
+        "src/transferlab/losses/label_shift.py", "k).t().to(self.confusion)",
+        "k).to(self.confusion)", ("tests/test_label_shift.py",)),
 ]
 
 

@@ -20,7 +20,6 @@ from conftest import ROOT, make_mnist, run_cli
 from helpers import choices_of, run_in_process
 from transferlab import analyze, evaluate
 from transferlab.analysis import (
-    confusion_matrix,
     measure,
     per_class_accuracy,
     pixels,
@@ -30,6 +29,7 @@ from transferlab.api import evaluate_run, run_pair
 from transferlab.data.domain import Split
 from transferlab.data.tiny import load_tiny
 from transferlab.errors import UserError
+from transferlab.losses.label_shift import confusion_matrix
 from transferlab.summarize import load_runs
 
 STEPS = 150

@@ -43,6 +43,7 @@ from torch import Tensor
 from transferlab.data.domain import DomainPair, Split
 from transferlab.errors import UserError
 from transferlab.evaluation.base import model_outputs
+from transferlab.losses.label_shift import confusion_matrix
 from transferlab.methods.base import DomainName, Method
 
 SAMPLES = 2000          # test images per domain for the distance, the t-SNE and the projector
@@ -91,12 +92,6 @@ def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> f
         search.fit(x_fit, y_fit)
     error = 1.0 - search.score(x_held, y_held)
     return 2.0 * (1.0 - 2.0 * error)
-
-
-def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """counts[i, j] = how many images of class i were predicted as class j."""
-    pairs = labels.long().cpu() * num_classes + predicted.long().cpu()
-    return torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def shares(counts: Tensor) -> dict[str, float]:
@@ -170,7 +165,7 @@ def measure(method: Method, pair: DomainPair, samples: int = SAMPLES, seed: int 
         predicted = outputs(pair.target.test, "target", False).logits.argmax(1)
     finally:
         method.train(was_training)
-    confusion = confusion_matrix(predicted, pair.target.test.labels, pair.num_classes)
+    confusion = confusion_matrix(predicted.cpu(), pair.target.test.labels.cpu(), pair.num_classes)
     return Measurements(
         source, target, source_features.cpu(), target_features.cpu(), confusion,
         proxy_a_distance(source_features.cpu().numpy(), target_features.cpu().numpy(), seed),

@@ -13,6 +13,13 @@ import torch
 from torch import Tensor, nn
 
 
+def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """counts[i, j] = how many images of class i were predicted as class j (on the inputs'
+    device: IWDAN counts every training batch, the analysis the whole target test split)."""
+    pairs = labels.long() * num_classes + predicted.long()
+    return torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+
+
 def class_ratios(confusion: Tensor, target_predicted: Tensor) -> Tensor:
     """w ≥ 0 with C w ≈ μ (least squares through the pseudo-inverse, so a class the source
     batches have not shown yet cannot make it fail), scaled so that Σ_y p_source(y) w_y = 1:
@@ -42,9 +49,8 @@ class ClassRatioEstimator(nn.Module):
     def update(self, source_logits: Tensor, source_labels: Tensor,
                target_logits: Tensor) -> Tensor:
         k = len(self.target_predicted)
-        joint = torch.zeros_like(self.confusion)
-        joint.index_put_((source_logits.argmax(1), source_labels),
-                         torch.ones_like(source_labels, dtype=joint.dtype), accumulate=True)
+        # Transposed: C's rows are the predicted classes.
+        joint = confusion_matrix(source_logits.argmax(1), source_labels, k).t().to(self.confusion)
         predicted = torch.bincount(target_logits.argmax(1), minlength=k).to(joint.dtype)
         self.confusion.lerp_(joint / len(source_labels), 1 - self.momentum)
         self.target_predicted.lerp_(predicted / len(target_logits), 1 - self.momentum)
