@@ -195,7 +195,7 @@ def configured_evaluators() -> dict[str, dict]:
 
 def test_no_validator_reads_a_test_split():
     configured = configured_evaluators()
-    assert {"source_val_acc", "iwv", "dev", "entropy", "im", "snd", "bnm",
+    assert {"source_val_acc", "iwv", "dev", "entropy", "im", "snd", "bnm", "mixval",
             "target_val_acc"} <= set(configured)
     for name, node in configured.items():
         evaluator = instantiate(node)
@@ -220,7 +220,7 @@ class Recorder(Evaluator):
     def __init__(self, inner: Evaluator) -> None:
         self.inner, self.handed = inner, {}
         self.reads, self.labels = inner.reads, inner.labels
-        self.uses_features = inner.uses_features
+        self.uses_features, self.probes = inner.uses_features, inner.probes
 
     def __call__(self, outputs):
         self.handed = dict(outputs)
@@ -239,3 +239,4 @@ def test_evaluate_hands_every_configured_evaluator_only_what_it_declared():
         for split, out in r.handed.items():
             assert (out.labels is not None) == (domain_of(split) == r.labels), (name, split)
             assert (out.features is not None) == r.uses_features, (name, split)
+            assert (out.probe is not None) == r.probes, (name, split)

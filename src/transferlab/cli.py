@@ -35,7 +35,8 @@ from transferlab.hparams import log_hparams
 from transferlab.memory import check_batch_fits, out_of_memory_explained
 from transferlab.methods.base import Method
 from transferlab.overrides import check_keys
-from transferlab.run_folder import RunFolder, check_writable, output_folder
+from transferlab.provenance import code_version, data_fingerprint, machine
+from transferlab.run_folder import RunFolder, check_writable, output_folder, write_predictions
 from transferlab.stage_cache import StageCache
 from transferlab.stage_cache import default_folder as default_stage_folder
 from transferlab.stops import graceful_stops
@@ -179,6 +180,8 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
             require("sklearn")  # now, not after training
         seed_everything(cfg.seed, cfg.trainer.deterministic)
         pair, method = build(cfg, device)
+        folder.update(machine=machine(device), code_version=code_version(),
+                      data_fingerprint=data_fingerprint(pair.splits()))
         sample = as_input(next(pair.evaluation_batches(pair.source.train, 1)),
                           method.network.in_channels, method.network.normalization)
         check_batch_fits(method.network, sample, trainer.batch_size)
@@ -198,7 +201,9 @@ def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
 
             history = fit(method, pair, trainer, cfg.seed, log_scalars, evaluators,
                           checkpointer, resume, stop=stop,
-                          on_evaluation=lambda history: folder.update(history=history),
+                          on_evaluation=lambda history, predictions: (
+                              write_predictions(out_dir, predictions),
+                              folder.update(history=history)),
                           stage_cache=stage_cache)
         metrics = {k: history[-1][k] for k in evaluators}
         if cfg.analysis.at_end:

@@ -24,11 +24,14 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+import numpy as np
+from torch import Tensor
 
 from transferlab.config import config_changes
 from transferlab.errors import UserError, find_user_error
@@ -36,6 +39,9 @@ from transferlab.errors import UserError, find_user_error
 LOCK = "run.lock"
 RESULTS = "results.json"
 REFUSED = "refused.json"
+PREDICTIONS = "target_val_predictions.npz"
+# results.json's layout; readers refuse versions they do not know (transferlab.records)
+RECORD_VERSION = 1
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,18 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def write_predictions(folder: Path, predictions: Mapping[int, Tensor]) -> None:
+    """Every evaluation's target_val class probabilities, for validators that compare the
+    models of a sweep (`transferlab.select`): `steps` (E,) and `probabilities` (E, N, classes)
+    float16 in a compressed .npz, written via a temporary file like results.json."""
+    steps = sorted(predictions)
+    tmp = folder / (PREDICTIONS + ".tmp")
+    with open(tmp, "wb") as file:
+        np.savez_compressed(file, steps=np.array(steps, dtype=np.int64),
+                            probabilities=np.stack([predictions[s].numpy() for s in steps]))
+    os.replace(tmp, folder / PREDICTIONS)
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -180,6 +198,7 @@ class RunFolder:
         self.record: dict[str, Any] | None = None    # this invocation's, once it has begun
         self.earlier: list[dict[str, Any]] = []      # earlier invocations of the same run
         self.start = time.time()
+        self.cpu_start = time.process_time()
 
     def __enter__(self) -> RunFolder:
         self.lock.acquire()
@@ -232,7 +251,8 @@ class RunFolder:
         same = self.previous is not None and self._same_run(self.previous.get("config", {}))
         self.earlier = list(self.previous.get("invocations", [])) if same else []
         overrides = self.previous.get("overrides", self.overrides) if same else self.overrides
-        self.record = {"status": "running", **self.base, "overrides": overrides,
+        self.record = {"record_version": RECORD_VERSION, "status": "running", **self.base,
+                       "overrides": overrides,
                        "history": history, **facts}
         self.write()
 
@@ -244,10 +264,13 @@ class RunFolder:
     def write(self) -> None:
         assert self.record is not None
         this = {"started": _iso(self.start), "host": socket.gethostname(),
-                "overrides": self.overrides, "wall_time_s": round(time.time() - self.start, 3)}
+                "overrides": self.overrides, "wall_time_s": round(time.time() - self.start, 3),
+                "cpu_time_s": round(time.process_time() - self.cpu_start, 3)}
         invocations = [*self.earlier, this]
-        self.record.update(invocations=invocations, wall_time_s=round(
-            sum(i["wall_time_s"] for i in invocations), 3))
+        self.record.update(
+            invocations=invocations,
+            wall_time_s=round(sum(i["wall_time_s"] for i in invocations), 3),
+            cpu_time_s=round(sum(i.get("cpu_time_s", 0.0) for i in invocations), 3))
         write_json(self.path / RESULTS, self.record)
 
     def _record_failure(self, error: BaseException) -> None:

@@ -27,12 +27,9 @@ of one network) and never expire: delete the folder to reclaim the space.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -42,12 +39,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-import transferlab
 from transferlab.checkpoint import load_safely, save_atomic
 from transferlab.data.domain import Split
 from transferlab.denormals import flush_state
 from transferlab.evaluation import Evaluator
 from transferlab.methods.base import Method, Stage
+from transferlab.provenance import code_version, device_name, hash_tensors
 
 Logged = list[tuple[dict[str, float], int]]
 
@@ -55,40 +52,6 @@ Logged = list[tuple[dict[str, float], int]]
 def default_folder() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "transferlab" / "stages"
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of every source file of the installed transferlab package."""
-    root = Path(transferlab.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):  # no /proc/cpuinfo: not Linux
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"{device.type}: {cpu}"
-
-
-def _hash_tensors(digest: Any, named: Iterable[tuple[str, Tensor]],
-                  chunk: int = 2**22) -> None:
-    """Rows of at most about `chunk` bytes at a time, so that hashing a large (or
-    memory-mapped) store copies little."""
-    for name, t in named:
-        t = t.detach().reshape(1) if t.dim() == 0 else t.detach()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-        rows = max(1, chunk // max(1, t[:1].numel() * t.element_size()))
-        for start in range(0, len(t), rows):
-            part = t[start : start + rows].cpu().contiguous().reshape(-1)
-            digest.update(part.view(torch.uint8).numpy())
 
 
 def _optimizer_tensors(optimizer: Optimizer, prefix: str) -> Iterable[tuple[str, Tensor]]:
@@ -130,7 +93,7 @@ class StageCache:
         assert stage.reuse is not None
         names = {id(p): n for n, p in method.named_parameters()}
         facts = {
-            "code": code_version(), "torch": torch.__version__, "machine": machine(device),
+            "code": code_version(), "torch": torch.__version__, "machine": device_name(device),
             "threads": torch.get_num_threads(), "precision": precision,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "denormals_flushed": flush_state(),
@@ -148,10 +111,10 @@ class StageCache:
         }
         digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode())
         for name, module in sorted(stage.reuse.modules.items()):
-            _hash_tensors(digest, ((f"{name}.{k}", v) for k, v in module.state_dict().items()))
+            hash_tensors(digest, ((f"{name}.{k}", v) for k, v in module.state_dict().items()))
         for i, optimizer in enumerate(stage.optimizers):
-            _hash_tensors(digest, _optimizer_tensors(optimizer, f"optimizer{i}"))
-        _hash_tensors(digest, _split_tensors({**stage.data, **evaluation_splits}))
+            hash_tensors(digest, _optimizer_tensors(optimizer, f"optimizer{i}"))
+        hash_tensors(digest, _split_tensors({**stage.data, **evaluation_splits}))
         return digest.hexdigest()[:32]
 
     def load(self, key: str) -> dict[str, Any] | None:
@@ -178,11 +141,12 @@ class StageCache:
         return [{**h, "stage": stage.name, "time_s": time_s} for h in entry["history"]]
 
     def store(self, key: str, stage: Stage, history: list[dict], logged: Logged,
-              train_time_s: float) -> None:
+              train_time_s: float, predictions: Mapping[int, Tensor] | None = None) -> None:
         assert stage.reuse is not None
         entry = {"modules": {n: m.state_dict() for n, m in stage.reuse.modules.items()},
                  "optimizers": [o.state_dict() for o in stage.optimizers],
                  "history": history, "logged": logged, "stage": stage.name,
+                 "predictions": dict(predictions or {}),
                  "made_by": self.origin, "made_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "train_time_s": round(train_time_s, 2)}
         save_atomic(entry, self.path(key))

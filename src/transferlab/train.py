@@ -19,13 +19,17 @@ from transferlab.checkpoint import Checkpointer, set_rng_state
 from transferlab.data.augment import Augment
 from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
-from transferlab.evaluation import Evaluator, evaluate
+from transferlab.evaluation import Evaluator
+from transferlab.evaluation.base import run_evaluation
 from transferlab.methods.base import Method, Stage
 from transferlab.stage_cache import Logged, StageCache
 from transferlab.stops import Interrupted, StopRequest
 
 Metrics = dict[str, float]
 Log = Callable[[dict[str, float], int], None]
+# step → the target_val class probabilities (float16, on the CPU) of that step's evaluation
+Predictions = dict[int, Tensor]
+KEPT = "target_val"
 
 
 @dataclass
@@ -98,18 +102,19 @@ class FiniteCheck:
 def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Log,
         evaluators: Mapping[str, Evaluator], checkpointer: Checkpointer | None = None,
         resume: dict[str, Any] | None = None, stop: StopRequest | None = None,
-        on_evaluation: Callable[[list[dict]], None] | None = None,
+        on_evaluation: Callable[[list[dict], Predictions], None] | None = None,
         stage_cache: StageCache | None = None) -> list[dict]:
     """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
     evaluation history. `log(scalars, step)` receives losses, learning rates and the
-    evaluators' values (as `val/<name>`); `on_evaluation(history)` the history after each
-    evaluation. Once `stop` is set (by a signal, see transferlab.stops), the loop finishes
-    its step, saves a checkpoint and raises `Interrupted`. With a `stage_cache`, stages the
-    method marks reusable are loaded from it when already trained, and stored in it when
-    trained here."""
+    evaluators' values (as `val/<name>`); `on_evaluation(history, predictions)` the history
+    and every evaluation's target_val class probabilities after each evaluation. Once `stop`
+    is set (by a signal, see transferlab.stops), the loop finishes its step, saves a
+    checkpoint and raises `Interrupted`. With a `stage_cache`, stages the method marks
+    reusable are loaded from it when already trained, and stored in it when trained here."""
     stages = method.stages(pair.training_view(method.uses_target_labels))
     total = sum(s.steps for s in stages)
     step, history = (resume["step"], resume["history"]) if resume else (0, [])
+    predictions: Predictions = dict(resume.get("predictions") or {}) if resume else {}
     if resume:
         method.load_state_dict(resume["method"])
         set_rng_state(resume["rng"])
@@ -131,7 +136,7 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
     def save(parts: dict[str, list]) -> None:
         assert checkpointer is not None
         checkpointer.save({"step": step, "history": history, "method": method.state_dict(),
-                           **_states(parts)})
+                           "predictions": predictions, **_states(parts)})
 
     def fingerprint(stage: Stage, index: int, first: int, last: int) -> str:
         assert stage_cache is not None
@@ -175,6 +180,7 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     if entry := stage_cache.load(key):  # trained before: load, don't train
                         elapsed = round(time.perf_counter() - start, 2)
                         history += stage_cache.reuse(key, entry, stage, log, elapsed)
+                        predictions.update(entry.get("predictions") or {})
                         step = stage_start
                         bar.update(stage.steps)
                         if checkpointer:
@@ -203,12 +209,15 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
                     bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
                 if step % cfg.eval_every == 0 or step == total:
                     finite.raise_if_bad(kept())
-                    metrics = evaluate(method, pair, evaluators, cfg.eval_batch_size)
+                    evaluation = run_evaluation(method, pair, evaluators, cfg.eval_batch_size,
+                                                keep=(KEPT,))
+                    metrics = evaluation.metrics
+                    predictions[step] = probabilities(evaluation.logits[KEPT])
                     history.append({"step": step, "stage": stage.name, **metrics,
                                     "time_s": round(time.perf_counter() - start, 2)})
                     emit({f"val/{k}": v for k, v in metrics.items()}, step)
                     if on_evaluation:
-                        on_evaluation(history)
+                        on_evaluation(history, predictions)
                     if checkpointer:
                         checkpointer.keep_if_best(step, metrics, method)
                 if checkpointer and (checkpointer.due(step) or step == total or stop):
@@ -221,11 +230,21 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
             if stage_cache and key and logged is not None:
                 finite.raise_if_bad(None)  # never store a stage that went NaN
                 stage_cache.store(key, stage, [h for h in history if h["step"] > first_step],
-                                  logged, time.perf_counter() - stage_time)
+                                  logged, time.perf_counter() - stage_time,
+                                  {k: v for k, v in predictions.items() if k > first_step})
     if not history:  # zero steps: still report the untrained model
-        history.append({"step": 0, "stage": "none", "time_s": 0.0,
-                        **evaluate(method, pair, evaluators, cfg.eval_batch_size)})
+        evaluation = run_evaluation(method, pair, evaluators, cfg.eval_batch_size, keep=(KEPT,))
+        predictions[0] = probabilities(evaluation.logits[KEPT])
+        history.append({"step": 0, "stage": "none", "time_s": 0.0, **evaluation.metrics})
+        if on_evaluation:
+            on_evaluation(history, predictions)
     return history
+
+
+def probabilities(logits: Tensor) -> Tensor:
+    """Class probabilities as a run keeps them: float16 on the CPU (2 bytes per class and
+    image; enough to average candidates' predictions and to take their argmax)."""
+    return logits.float().softmax(1).to("cpu", torch.float16)
 
 
 def _short(tag: str) -> str:

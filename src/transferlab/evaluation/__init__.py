@@ -3,6 +3,7 @@ labels it uses and which direction is better. See `base` for the interface, `val
 the label-free ones."""
 
 from transferlab.evaluation.base import Accuracy, Evaluator, Outputs, evaluate
+from transferlab.evaluation.mixval import MixVal
 from transferlab.evaluation.validators import (
     BatchNuclearNorm,
     DeepEmbeddedValidation,
@@ -13,5 +14,5 @@ from transferlab.evaluation.validators import (
 )
 
 __all__ = ["Accuracy", "BatchNuclearNorm", "DeepEmbeddedValidation", "Entropy", "Evaluator",
-           "ImportanceWeightedValidation", "InformationMaximization", "Outputs",
+           "ImportanceWeightedValidation", "InformationMaximization", "MixVal", "Outputs",
            "SoftNeighbourhoodDensity", "evaluate"]

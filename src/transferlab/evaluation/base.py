@@ -11,7 +11,7 @@ declared, so a validator cannot read a test split or a label it did not ask for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,24 +32,52 @@ def domain_of(split: SplitName) -> DomainName:
     return "source" if split.startswith("source") else "target"
 
 
+class Probe:
+    """The model on new inputs made from one split's images, for evaluators that probe it
+    (MixVal's mixed samples): `images(index)` gives the split's images at `index` as the
+    evaluation pass sees them (uint8, centre-cropped where the pair augments), `logits(x)` the
+    model's class logits for float images `x` in the same units (0-255), in eval mode."""
+
+    def __init__(self, method: Method, pair: DomainPair, split: Split, domain: DomainName,
+                 batch_size: int) -> None:
+        self.method, self.pair, self.split = method, pair, split
+        self.domain, self.batch_size = domain, batch_size
+
+    def images(self, index: Tensor) -> Tensor:
+        images, _ = self.split.take(index)
+        return self.pair.augment.center(images) if self.pair.augment else images
+
+    @torch.inference_mode()
+    def logits(self, x: Tensor) -> Tensor:
+        network = self.method.network
+        return torch.cat([self.method.predict(as_input(x[i : i + self.batch_size],
+                                                       network.in_channels,
+                                                       network.normalization),
+                                              self.domain).float()
+                          for i in range(0, len(x), self.batch_size)])
+
+
 @dataclass(frozen=True)
 class Outputs:
     """A split as the model sees it. `labels` is None unless the evaluator uses the labels
-    of this split's domain; `features` is None unless it asked for features."""
+    of this split's domain; `features` is None unless it asked for features; `probe` is None
+    unless it probes the model (`Evaluator.probes`)."""
 
     logits: Tensor
     features: Tensor | None = None
     labels: Tensor | None = None
+    probe: Probe | None = None
 
 
 class Evaluator:
-    """Base class: set `reads`, `labels`, `higher_is_better`, `uses_features` and implement
-    `__call__`."""
+    """Base class: set `reads`, `labels`, `higher_is_better`, `uses_features`, `probes` and
+    implement `__call__`."""
 
     reads: tuple[SplitName, ...] = ()
     labels: DomainName | None = None
     higher_is_better: bool = True
     uses_features: bool = False
+    probes: bool = False  # runs the model on new inputs made from the splits it reads
 
     def __call__(self, outputs: Mapping[SplitName, Outputs]) -> float:
         raise NotImplementedError
@@ -89,24 +117,45 @@ def model_outputs(method: Method, pair: DomainPair, split: Split, domain: Domain
                    torch.cat(feats) if feats else None, split.labels)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation pass: every evaluator's value, and the class logits of the splits the
+    caller asked to keep (e.g. target_val's, which a run stores for comparing models)."""
+
+    metrics: dict[str, float]
+    logits: dict[SplitName, Tensor]
+
+
 def evaluate(method: Method, pair: DomainPair, evaluators: Mapping[str, Evaluator],
              batch_size: int) -> dict[str, float]:
+    """Every evaluator's value (see `run_evaluation`)."""
+    return run_evaluation(method, pair, evaluators, batch_size).metrics
+
+
+def run_evaluation(method: Method, pair: DomainPair, evaluators: Mapping[str, Evaluator],
+                   batch_size: int, keep: Collection[SplitName] = ()) -> Evaluation:
     """Every evaluator's value, in fp32 and eval mode, the model's outputs on each split
-    computed once."""
+    computed once; each evaluator is handed only the splits, labels, features and probes it
+    declared. The logits of the splits in `keep` are returned too."""
     was_training = method.training
     method.eval()
     splits = pair.splits()
-    wanted: dict[SplitName, bool] = {}
+    wanted: dict[SplitName, bool] = dict.fromkeys(keep, False)
     for e in evaluators.values():
         for s in e.reads:
             wanted[s] = wanted.get(s, False) or e.uses_features
     computed = {s: model_outputs(method, pair, splits[s], domain_of(s), batch_size, features)
                 for s, features in wanted.items()}
-    method.train(was_training)
     metrics = {}
-    for name, e in evaluators.items():
-        given = {s: Outputs(computed[s].logits, computed[s].features if e.uses_features else None,
-                            computed[s].labels if domain_of(s) == e.labels else None)
-                 for s in e.reads}
-        metrics[name] = float(e(given))
-    return metrics
+    try:
+        for name, e in evaluators.items():
+            given = {s: Outputs(computed[s].logits,
+                                computed[s].features if e.uses_features else None,
+                                computed[s].labels if domain_of(s) == e.labels else None,
+                                Probe(method, pair, splits[s], domain_of(s), batch_size)
+                                if e.probes else None)
+                     for s in e.reads}
+            metrics[name] = float(e(given))
+    finally:
+        method.train(was_training)
+    return Evaluation(metrics, {s: computed[s].logits for s in keep})
