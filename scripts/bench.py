@@ -45,16 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from transferlab.allocator import glibc_version, tune_malloc
-from transferlab.cli import CONFIG_DIR, build, build_method, model_shape, resolve_device
+from transferlab.config import compose
 from transferlab.data.domain import Domain, DomainPair, Split, as_input
+from transferlab.experiment import build, build_method, model_shape, resolve_device
 from transferlab.train import TrainerConfig, fit
 
 PAPER_DANN = 0.7666
@@ -86,11 +85,6 @@ class PerSampleImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         array = self.images[i].permute(1, 2, 0).squeeze(-1).numpy()
         return self.transform(Image.fromarray(array)), int(self.labels[i])
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
 
 
 def endless(loader: DataLoader) -> Iterator:

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from transferlab.cli import CONFIG_DIR, build, build_evaluators, seed_everything
+from transferlab.config import compose
 from transferlab.evaluation import evaluate
 from transferlab.evaluation.base import REPORTS
-from transferlab.evaluation.importance import shared_ratios
+from transferlab.experiment import build, build_evaluators, seed_everything
 from transferlab.train import TrainerConfig, fit
 
 
@@ -35,7 +34,6 @@ def timed(method, pair, evaluators, batch_size: int, repeats: int) -> tuple[floa
     """(CPU seconds, wall seconds) of one evaluation, the fastest of `repeats`."""
     cpu, wall = [], []
     for _ in range(repeats):
-        shared_ratios.key = None  # every evaluation fits its domain classifier afresh
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         evaluate(method, pair, evaluators, batch_size)
         cpu.append(time.process_time() - start_cpu)
@@ -50,8 +48,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=[5],
                         help="cross-fitting folds of iwv+dev to time")
     args, overrides = parser.parse_known_args()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["device=cpu", "trainer.progress_bar=false", *overrides])
+    cfg = compose(["device=cpu", "trainer.progress_bar=false", *overrides])
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)

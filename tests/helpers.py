@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from transferlab.cli import CONFIG_DIR, run
+from transferlab.config import CONFIG_DIR, compose
+from transferlab.experiment import run
 
 GROUPS = ("data", "backbone", "method")
 
@@ -18,8 +18,7 @@ def choices_of(group: str) -> list[str]:
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def run_in_process(out_dir: Path, *overrides: str) -> dict:

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from helpers import compose_config
-from transferlab.cli import build
 from transferlab.data.domain import DomainPair, as_input
+from transferlab.experiment import build
 from transferlab.methods.base import Method
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import compose_config
-from transferlab.cli import build
+from transferlab.experiment import build
 from transferlab.train import TrainerConfig, fit
 
 TRAINER = TrainerConfig(batch_size=16, eval_every=1000, progress_bar=False, log_every=1)

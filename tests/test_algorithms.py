@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from helpers import choices_of, compose_config
 from transferlab.checkpoint import Checkpointer, load_safely
-from transferlab.cli import build, build_evaluators
 from transferlab.data.domain import BatchStream, Split, as_input
+from transferlab.experiment import build, build_evaluators
 from transferlab.methods.base import Method
 from transferlab.schedules import annealed_lr, dann_lambda
 from transferlab.train import TrainerConfig, fit

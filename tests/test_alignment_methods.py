@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import compose_config
-from transferlab.cli import build, build_evaluators
 from transferlab.data.domain import as_input
 from transferlab.errors import find_user_error
+from transferlab.experiment import build, build_evaluators
 from transferlab.losses.adversarial import domain_labels
 from transferlab.losses.density_ratio import density_ratio, normalised_weights
 from transferlab.losses.discrepancy import coral, multi_kernel_mmd

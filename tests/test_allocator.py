@@ -2,8 +2,9 @@ import pytest
 
 from helpers import compose_config
 from transferlab import allocator
-from transferlab.config import OPERATIONAL_KEYS, validate
+from transferlab.config import validate
 from transferlab.errors import UserError
+from transferlab.rules import OPERATIONAL_KEYS
 
 
 def test_disabled_does_not_touch_the_c_library(monkeypatch):

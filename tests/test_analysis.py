@@ -19,15 +19,15 @@ import transferlab
 from conftest import ROOT, make_mnist, run_cli
 from helpers import choices_of, run_in_process
 from transferlab import analyze, evaluate
-from transferlab.analysis import (
+from transferlab.api import evaluate_run, run_pair
+from transferlab.data.domain import Split
+from transferlab.data.tiny import load_tiny
+from transferlab.diagnostics import (
     measure,
     per_class_accuracy,
     pixels,
     proxy_a_distance,
 )
-from transferlab.api import evaluate_run, run_pair
-from transferlab.data.domain import Split
-from transferlab.data.tiny import load_tiny
 from transferlab.errors import UserError
 from transferlab.losses.label_shift import confusion_matrix
 from transferlab.summarize import load_runs

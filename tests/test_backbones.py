@@ -12,8 +12,8 @@ import torch
 import torchvision
 
 from helpers import compose_config, run_in_process
-from transferlab.cli import build
 from transferlab.errors import UserError
+from transferlab.experiment import build
 from transferlab.nn.backbones import IMAGENET, resnet, timm_model
 
 WEIGHTS_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url

@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers import GROUPS, choices_of, compose_config
-from transferlab.cli import CONFIG_DIR
+from transferlab.config import CONFIG_DIR
 
 
 def test_every_group_has_the_required_choices():

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import compose_config, run_in_process
-from transferlab.config import OPERATIONAL_KEYS, validate
+from transferlab.config import validate
 from transferlab.errors import UserError
+from transferlab.rules import OPERATIONAL_KEYS
 
 
 def _fresh_process(enabled: bool) -> list[str]:

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_FAST, run_cli
 from helpers import compose_config
 from transferlab import checkpoint
-from transferlab.cli import build, build_evaluators
+from transferlab.experiment import build, build_evaluators
 from transferlab.methods.base import Stage
 from transferlab.summarize import Run, group_runs
 from transferlab.train import FiniteCheck, NonFiniteLoss, TrainerConfig, fit, training_precision

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from helpers import compose_config
-from transferlab.cli import build
 from transferlab.data.domain import as_input
+from transferlab.experiment import build
 from transferlab.methods.base import optimize
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from helpers import choices_of, compose_config, run_in_process, scalar_tags
-from transferlab.cli import build, build_evaluators
 from transferlab.data.domain import Split
+from transferlab.evaluation.base import metric_tag
+from transferlab.experiment import build, build_evaluators
 from transferlab.train import TrainerConfig, fit
 
 FAST = ("trainer.steps=8", "trainer.eval_every=4", "trainer.log_every=1")
@@ -27,7 +28,7 @@ def test_every_method_runs_and_writes_results(tmp_path: Path, method: str):
     tags = scalar_tags(tmp_path)
     for name, value in record["metrics"].items():
         assert value == record["history"][-1][name]
-        assert tags[f"val/{name}"][-1] == pytest.approx(value)
+        assert tags[metric_tag(name)][-1] == pytest.approx(value)
 
 
 def test_source_only_learns_the_tiny_source_domain(tmp_path: Path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import compose_config, run_in_process, scalar_tags
+from helpers import choices_of, compose_config, run_in_process, scalar_tags
 from steps import assert_same_steps, batches, build_method, expected_step, sgd_step
-from transferlab.cli import CONFIG_DIR, build
-from transferlab.config import check_choices, validate
+from transferlab.config import CONFIG_DIR, check_choices, validate
 from transferlab.errors import UserError, find_user_error
+from transferlab.experiment import build
 from transferlab.losses.entropy import class_confusion, entropy
 
 STACKED = ("+method/regularizers=[entropy,mcc]", "method.regularizers.entropy.weight=0.3",
@@ -62,7 +62,40 @@ def test_a_method_in_stages_refuses_regularisers():
     cfg = compose_config("data=tiny", "device=cpu", "method=adda", "+method/regularizers=[mcc]")
     with pytest.raises(Exception) as raised:  # Hydra wraps it; the CLI unwraps it
         build(cfg, torch.device("cpu"))
-    assert "ADDA does not take regularizers" in str(find_user_error(raised.value))
+    assert "ADDA trains in stages of its own" in str(find_user_error(raised.value))
+
+
+@pytest.mark.parametrize("name", choices_of("method"))
+def test_every_method_of_one_joint_stage_takes_regularisers_and_applies_them(name: str):
+    """Derived from conf/method/: a method whose training is one stage of source and target
+    batches takes `method/regularizers`, and the term changes its update; any other refuses
+    them in one line."""
+    cfg = compose_config("data=tiny", "device=cpu", f"method={name}")
+    pair, method = build(cfg, torch.device("cpu"))
+    stages = method.stages(pair.training_view(method.uses_target_labels))
+    joint = len(stages) == 1 and set(stages[0].data) == {"source", "target"}
+    assert method.takes_regularizers == joint, f"{name}: route its step through joint_step"
+    stacked = compose_config("data=tiny", "device=cpu", f"method={name}",
+                             "+method/regularizers=[entropy]",
+                             "method.regularizers.entropy.weight=5.0")
+    if not joint:
+        with pytest.raises(Exception) as raised:
+            build(stacked, torch.device("cpu"))
+        assert "trains in stages of its own" in str(find_user_error(raised.value))
+        return
+    plain_pair, plain = build(cfg, torch.device("cpu"))
+    _, regularized = build(stacked, torch.device("cpu"))
+    regularized.load_state_dict(plain.state_dict())
+    plain, regularized = plain.double(), regularized.double()
+    batch = batches(plain_pair)
+    changed = []
+    for m in (plain, regularized):
+        torch.manual_seed(0)
+        (stage,) = m.stages(plain_pair.training_view(False))
+        scalars = stage.update(batch, 0.5)
+        changed.append([p.detach().clone() for p in m.network.parameters()])
+    assert "regularizer/entropy" in scalars
+    assert any(not torch.equal(a, b) for a, b in zip(*changed, strict=True))
 
 
 def test_bad_regulariser_names_and_values_are_one_line_errors():

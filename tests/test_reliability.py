@@ -24,12 +24,13 @@ from conftest import ROOT, TINY_FAST, run_cli
 from helpers import choices_of, run_in_process
 from transferlab import summarize
 from transferlab.checkpoint import Checkpointer, load_safely, save_atomic
-from transferlab.cli import CONFIG_DIR
+from transferlab.config import CONFIG_DIR
 from transferlab.data.mnistm import extract_photos
 from transferlab.errors import DataError, UserError
+from transferlab.files import write_json
 from transferlab.memory import step_memory
 from transferlab.overrides import check_keys
-from transferlab.run_folder import FolderInUse, RunFolder, status_of, write_json
+from transferlab.run_folder import FolderInUse, RunFolder, status_of
 from transferlab.stops import Interrupted, graceful_stops
 
 RUN = (*TINY_FAST, "trainer.steps=30", "trainer.eval_every=10", "trainer.checkpoint_every=10",
@@ -174,6 +175,7 @@ def test_save_atomic_and_write_json_leave_old_file_on_failure(tmp_path: Path, mo
     monkeypatch.undo()
     assert load_safely(ckpt) == {"step": 1}
     assert json.loads(results.read_text()) == {"status": "completed"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "results.json"]  # no .tmp
 
 
 def _tar(path: Path, members: dict[str, bytes]) -> Path:

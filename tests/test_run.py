@@ -25,8 +25,8 @@ def test_short_run_writes_results_tensorboard_and_table(tmp_path: Path):
     assert [h["step"] for h in record["history"]] == [3, 6]
 
     tags = scalar_tags(out)
-    assert len(tags["val/source_acc"]) == 2 and len(tags["val/target_acc"]) == 2
-    assert tags["val/target_acc"][-1] == pytest.approx(record["metrics"]["target_acc"])
+    assert len(tags["acc/source"]) == 2 and len(tags["acc/target"]) == 2
+    assert tags["acc/target"][-1] == pytest.approx(record["metrics"]["target_acc"])
     assert len(tags["loss/classification"]) == 6
     assert any(t.startswith("lr/") for t in tags)
     table = result.stdout.splitlines()

@@ -17,10 +17,10 @@ from scipy.stats import spearmanr
 from helpers import compose_config, run_in_process
 from transferlab import select, summarize
 from transferlab.checkpoint import Checkpointer, load_safely
-from transferlab.cli import CONFIG_DIR, build, build_evaluators
-from transferlab.config import register_resolvers
+from transferlab.config import CONFIG_DIR, register_resolvers
 from transferlab.errors import UserError
 from transferlab.evaluation import evaluate
+from transferlab.experiment import build, build_evaluators
 
 DESCRIBED = {"source_acc": {"reads": ["source_test"], "labels": "source",
                             "higher_is_better": True},

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from helpers import compose_config, run_in_process, scalar_tags
-from transferlab.cli import build, build_evaluators
 from transferlab.data.augment import Augment
+from transferlab.experiment import build, build_evaluators
 from transferlab.stage_cache import StageCache
 from transferlab.train import TrainerConfig
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_FAST, run_cli
 from helpers import run_in_process
 from transferlab import summarize, sweeps
-from transferlab.run_folder import write_json
+from transferlab.files import write_json
 
 SWEEP = (*TINY_FAST, "trainer.steps=4")
 METRICS = ("source_acc", "target_acc", "source_val_acc")

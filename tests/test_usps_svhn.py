@@ -172,7 +172,7 @@ def test_truncated_svhn_file_is_named(tmp_path: Path, monkeypatch):
 
 
 def test_usps_to_mnist_runs_end_to_end(root: Path, tmp_path: Path):
-    from transferlab.cli import run
+    from transferlab.experiment import run
 
     cfg = compose_config("data=usps_mnist", f"data.root={root}", "data.source_val_size=10",
                          "data.target_val_size=5",

@@ -19,7 +19,7 @@ from conftest import ROOT, TINY_FAST, run_cli
 from helpers import compose_config
 from steps import assert_same_steps, batches, build_method, expected_step, sgd_step
 from test_reliability import KILLER
-from transferlab.cli import build, build_evaluators
+from transferlab.experiment import build, build_evaluators
 from transferlab.losses.entropy import entropy
 from transferlab.losses.vat import kl_divergence, vat_loss
 from transferlab.nn.backbones import dirtt_small
@@ -112,7 +112,7 @@ def test_dirtt_teacher_is_the_average_model_at_the_start_and_every_k_steps():
     averages, teachers = {}, {}
 
     def log(scalars: dict, step: int) -> None:  # called once per step (log_every=1)
-        if "val/source_acc" not in scalars:
+        if "acc/source" not in scalars:
             averages[step] = copy.deepcopy(method.average.state_dict())
             teachers[step] = copy.deepcopy(method.teacher.state_dict())
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers import compose_config
-from transferlab.cli import CONFIG_DIR, build, build_evaluators
+from transferlab.config import CONFIG_DIR
 from transferlab.errors import UserError
 from transferlab.evaluation import (
     BatchNuclearNorm,
@@ -29,6 +29,7 @@ from transferlab.evaluation import (
 from transferlab.evaluation.base import REPORTS, SPLITS, TEST_SPLITS, domain_of
 from transferlab.evaluation.importance import source_density_ratios
 from transferlab.evaluation.validators import dev_risk, soft_neighbourhood_density
+from transferlab.experiment import build, build_evaluators
 
 BIG = 50.0  # a logit margin that makes softmax one-hot to float precision
 

@@ -1,14 +1,10 @@
 """transferlab: a config-driven experiment runner for transfer learning and domain adaptation."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("transferlab")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+local"
+from transferlab.version import __version__
 
 # Loading trained runs needs torch and Hydra: imported on first use, not with the package.
 _API = ("load", "predict_images", "run_pair", "evaluate_run")
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> object:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors_exit():
         if args.samples < 2:
             raise UserError(f"--samples={args.samples} is invalid: must be an integer >= 2")
-        from transferlab.analysis import analyze_runs
+        from transferlab.api import analyze_runs
 
         results, side_by_side = analyze_runs(runs, args.out, args.samples, args.seed,
                                              overrides, args.checkpoint, args.device)

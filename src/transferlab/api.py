@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from hydra.utils import instantiate
@@ -24,18 +25,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
+from transferlab import diagnostics
 from transferlab.checkpoint import BEST, LATEST, load_safely
-from transferlab.cli import (
-    CONFIG_DIR,
+from transferlab.config import CONFIG_DIR, check_choices, compose
+from transferlab.data.domain import Domain, DomainPair, Split, as_input
+from transferlab.errors import UserError
+from transferlab.evaluation import Evaluator, evaluate
+from transferlab.experiment import (
     build_evaluators,
     build_method,
     model_shape,
     resolve_device,
+    results_table,
 )
-from transferlab.config import check_choices
-from transferlab.data.domain import Domain, DomainPair, Split, as_input
-from transferlab.errors import UserError
-from transferlab.evaluation import Evaluator, evaluate
+from transferlab.files import write_json
 from transferlab.methods.base import DomainName, Method
 
 # `load(run_dir, checkpoint=...)`: the checkpoint files a run folder may hold.
@@ -133,8 +136,7 @@ def data_config(config: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
     ConfigStore.instance().store(group="data", name=RECORDED, node=config.data)
     chosen = [] if "data" in keys else [f"data={RECORDED}"]
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            data = compose("config", overrides=[*chosen, *overrides]).data
+        data = compose([*chosen, *overrides]).data
         return OmegaConf.to_container(data, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         # Hydra's hint ("To append to your config use +data.x=1") is on a second line.
@@ -186,3 +188,104 @@ def evaluate_run(method: Method, pair: DomainPair,
     `evaluation`), so the names are those of results.json's `metrics`."""
     evaluators = evaluators or build_evaluators(method.config)
     return evaluate(method, pair, evaluators, method.config.trainer.eval_batch_size)
+
+
+def evaluate_folder(run_dir: str | Path, overrides: Sequence[str] = (),
+                    checkpoint: str = "last", device: str = "cpu") -> tuple[dict[str, Any], str]:
+    """Evaluate a run folder's model (see `load`) on its pair or another (`run_pair`) with the
+    evaluators it measured: the record `transferlab.evaluate` writes as evaluate.json, and the
+    run's console table for it."""
+    start = time.time()
+    method = load(run_dir, checkpoint, device)
+    pair = run_pair(method, overrides)
+    evaluators = build_evaluators(method.config)
+    metrics = evaluate_run(method, pair, evaluators)
+    record = {"run": str(run_dir), "checkpoint": checkpoint, "step": method.step,
+              "overrides": list(overrides),
+              "domains": {"source": pair.source.name, "target": pair.target.name},
+              "metrics": metrics, "evaluators": {n: e.describe() for n, e in evaluators.items()},
+              "wall_time_s": round(time.time() - start, 3)}
+    return record, results_table(pair, evaluators, metrics)
+
+
+@dataclass
+class RunAnalysis:
+    run_dir: Path
+    folder: Path        # where its files went
+    summary: dict[str, Any]
+    picture: diagnostics.Picture
+
+
+def analyze_run(run_dir: str | Path, out: str | Path | None = None,
+                samples: int = diagnostics.SAMPLES, seed: int = 0,
+                overrides: Sequence[str] = (), checkpoint: str = "last",
+                device: str = "cpu") -> RunAnalysis:
+    """Load a run (see `transferlab.load`), measure it on its pair (or another, by data
+    `overrides`), and write analysis.json, tsne.png, confusion.png, confusion.csv and the
+    projector files under tb/ into `out` (default: the run folder)."""
+    diagnostics.require_extra()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    run = Path(run_dir)
+    method = load(run, checkpoint, device)
+    pair = run_pair(method, overrides)
+    m = diagnostics.measure(method, pair, samples, seed, method.config.trainer.eval_batch_size)
+    measured = time.perf_counter()
+    points = diagnostics.tsne(torch.cat([m.source_features, m.target_features]).numpy(), seed)
+    drawn = time.perf_counter()
+
+    name = read_results(run).get("choices", {}).get("method") or type(method).__name__
+    if run.resolve().name != name:
+        name = f"{name} ({run.resolve().name})"
+    summary = m.summary()
+    domains = (pair.source.name, pair.target.name)
+    picture = diagnostics.Picture(f"{name}: PAD {summary['proxy_a_distance']:.2f}, "
+                      f"target acc {summary['target_acc']:.3f}", points,
+                      np.r_[np.zeros(len(m.source), int), np.ones(len(m.target), int)],
+                      torch.cat([m.source.labels, m.target.labels]).cpu().numpy())
+    folder = Path(out) if out else run
+    folder.mkdir(parents=True, exist_ok=True)
+    diagnostics.plot_tsne([picture], folder / "tsne.png", domains)
+    diagnostics.plot_confusion(m.confusion, folder / "confusion.png",
+                   f"{name}: {domains[1]} test, accuracy "
+                   f"{summary['target_acc']:.4f}")
+    diagnostics.write_confusion_csv(m.confusion, folder / "confusion.csv")
+    diagnostics.write_projector(folder / "tb", m, domains, pair.channels, method.step or 0)
+    record = {"run": str(run), "checkpoint": checkpoint, "step": method.step,
+              "domains": {"source": domains[0], "target": domains[1]}, "overrides":
+              list(overrides), "seed": seed, **summary,
+              "proxy_a_distance_classifier": "LinearSVC on standardised inputs, C in "
+              f"{diagnostics.PAD_C} by 3-fold CV on half of each sample, balanced error on "
+              "the other half",
+              "tsne": "openTSNE defaults (perplexity 30, PCA init) after PCA to 50 dims",
+              "time_s": {"measure": round(measured - start, 2),
+                         "tsne": round(drawn - measured, 2),
+                         "total": round(time.perf_counter() - start, 2)},
+              # CPU seconds of this process (all its threads): on a shared machine the wall
+              # times above grow with the load, this does not.
+              "cpu_s": round(time.process_time() - cpu_start, 2)}
+    write_json(folder / "analysis.json", record)
+    return RunAnalysis(run, folder, record, picture)
+
+
+def analyze_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
+                 samples: int = diagnostics.SAMPLES, seed: int = 0, overrides: Sequence[str] = (),
+                 checkpoint: str = "last", device: str = "cpu"
+                 ) -> tuple[list[RunAnalysis], Path | None]:
+    """`analyze_run` for each run; with several, also one side-by-side t-SNE PNG (one row per
+    run), written to `out` or to the runs' common parent folder. With `out` and several runs,
+    each run's files go to `out/<run folder name>`."""
+    runs = [Path(r) for r in run_dirs]
+    folders: list[Path | None] = [Path(out) if out else None] * len(runs)
+    if out and len(runs) > 1:
+        names = [r.resolve().name for r in runs]
+        folders = [Path(out) / (n if names.count(n) == 1 else f"{n}-{i}")
+                   for i, n in enumerate(names)]
+    results = [analyze_run(r, f, samples, seed, overrides, checkpoint, device)
+               for r, f in zip(runs, folders, strict=True)]
+    if len(results) < 2:
+        return results, None
+    where = Path(out) if out else Path(os.path.commonpath([r.resolve() for r in runs]))
+    domains = tuple(results[0].summary["domains"].values())
+    path = where / diagnostics.SIDE_BY_SIDE
+    diagnostics.plot_tsne([r.picture for r in results], path, domains)
+    return results, path

@@ -12,7 +12,6 @@ is best so far is part of every checkpoint, so a resumed run compares with it.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import random
 import re
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from transferlab.errors import UserError
+from transferlab.files import write_atomic
 
 LATEST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -54,18 +54,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(obj: Any, path: Path, previous: Path | None = None) -> None:
-    """torch.save to a temporary file, fsync, then rename over `path`: a kill at any moment
-    leaves either the old checkpoint or the new one, never a torn file. With `previous`, the
-    old checkpoint is kept there first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if previous and path.exists():
-        os.replace(path, previous)
-    os.replace(tmp, path)
+    """torch.save through `files.write_atomic`: a kill at any moment leaves either the old
+    checkpoint or the new one, never a torn file. With `previous`, the old checkpoint is kept
+    there first."""
+    write_atomic(path, lambda file: torch.save(obj, file), keep_previous=previous)
 
 
 def load_safely(path: Path) -> Any:

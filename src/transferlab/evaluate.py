@@ -10,7 +10,6 @@ run folder, or into --out.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from transferlab.errors import user_errors_exit
@@ -34,25 +33,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def evaluate_command(run_dir: Path, overrides: list[str], out: Path | None,
                      checkpoint: str, device: str) -> Path:
-    from transferlab.api import evaluate_run, load, run_pair
-    from transferlab.cli import build_evaluators, results_table
-    from transferlab.run_folder import write_json
+    from transferlab.api import evaluate_folder
+    from transferlab.files import write_json
 
-    start = time.time()
-    method = load(run_dir, checkpoint, device)
-    pair = run_pair(method, overrides)
-    evaluators = build_evaluators(method.config)
-    metrics = evaluate_run(method, pair, evaluators)
-    print(results_table(pair, evaluators, metrics))
+    record, table = evaluate_folder(run_dir, overrides, checkpoint, device)
+    print(table)
     folder = out or run_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "evaluate.json"
-    write_json(path, {
-        "run": str(run_dir), "checkpoint": checkpoint, "step": method.step,
-        "overrides": overrides, "domains": {"source": pair.source.name,
-                                            "target": pair.target.name},
-        "metrics": metrics, "evaluators": {n: e.describe() for n, e in evaluators.items()},
-        "wall_time_s": round(time.time() - start, 3)})
+    write_json(path, record)
     return path
 
 

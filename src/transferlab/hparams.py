@@ -10,7 +10,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from transferlab.config import flatten
+from transferlab.rules import flatten
 
 Scalar = bool | int | float | str
 

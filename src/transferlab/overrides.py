@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from transferlab.config import composer
 from transferlab.errors import UserError
 
 Tree = dict[str, Any]
@@ -64,9 +64,9 @@ def _composed(config_dir: str, groups: list[Override]) -> Iterator[Tree]:
     first = [line(o, values[0]) for o, values in choices]
     variants = [first] + [[*first[:i], line(o, v), *first[i + 1:]]
                           for i, (o, values) in enumerate(choices) for v in values[1:]]
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+    with composer(config_dir) as compose:
         for overrides in variants:
-            yield OmegaConf.to_container(compose("config", overrides=overrides), resolve=False)
+            yield OmegaConf.to_container(compose(overrides), resolve=False)
 
 
 def _check(override: Override, trees: list[Tree]) -> None:

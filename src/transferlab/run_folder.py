@@ -17,10 +17,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import socket
 import tempfile
 import time
@@ -28,13 +26,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from torch import Tensor
 
-from transferlab.config import config_changes
 from transferlab.errors import UserError, find_user_error
+from transferlab.files import FileLock, write_atomic, write_json
+from transferlab.rules import config_changes
 
 LOCK = "run.lock"
 RESULTS = "results.json"
@@ -50,23 +49,14 @@ class FolderInUse(UserError):
     pass
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def write_predictions(folder: Path, predictions: Mapping[int, Tensor]) -> None:
     """Every evaluation's target_val class probabilities, for validators that compare the
     models of a sweep (`transferlab.select`): `steps` (E,) and `probabilities` (E, N, classes)
     float16 in a compressed .npz, written via a temporary file like results.json."""
     steps = sorted(predictions)
-    tmp = folder / (PREDICTIONS + ".tmp")
-    with open(tmp, "wb") as file:
-        np.savez_compressed(file, steps=np.array(steps, dtype=np.int64),
-                            probabilities=np.stack([predictions[s].numpy() for s in steps]))
-    os.replace(tmp, folder / PREDICTIONS)
+    write_atomic(folder / PREDICTIONS, lambda file: np.savez_compressed(
+        file, steps=np.array(steps, dtype=np.int64),
+        probabilities=np.stack([predictions[s].numpy() for s in steps])))
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -81,18 +71,8 @@ def read_record(folder: Path) -> dict[str, Any] | None:
 
 
 def holder(folder: Path) -> str | None:
-    """Who holds the folder's lock ("PID HOST"), or None when nobody does. Probes with a shared
-    lock for an instant (`RunLock.acquire` waits that long before calling a folder in use)."""
-    try:
-        with open(folder / LOCK) as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return file.read().strip() or "?"
-            fcntl.flock(file, fcntl.LOCK_UN)
-            return None
-    except OSError:  # no lock file, or a filesystem without locks
-        return None
+    """Who holds the folder's lock ("PID HOST"), or None when nobody does."""
+    return FileLock(folder / LOCK).holder()
 
 
 def status_of(folder: Path, record: dict[str, Any]) -> str:
@@ -131,49 +111,26 @@ def _describe(owner: str) -> str:
 
 
 class RunLock:
-    """An exclusive flock on `<folder>/run.lock`, held until `release` or the process's end.
-    The file is never deleted: a process that opened it before a deletion would lock a file
-    nobody else can see."""
+    """The folder's `FileLock`, held exclusively until `release` or the process's end; a
+    second process is refused at once, naming the holder."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK
-        self.file: IO[str] | None = None
+        self.lock = FileLock(folder / LOCK)
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
         try:
-            _lock_exclusive(file)
+            self.lock.acquire(wait=False)
         except BlockingIOError:
-            file.seek(0)
-            owner = file.read().strip()
-            file.close()
-            raise FolderInUse(f"run folder {self.path.parent} is in use by "
+            owner = self.lock.holder()
+            raise FolderInUse(f"run folder {self.lock.path.parent} is in use by "
                               f"{_describe(owner) if owner else 'another process'}; wait for "
                               "it to end, or use another hydra.run.dir") from None
         except OSError as e:  # e.g. a network filesystem mounted without lock support
-            log.warning(f"cannot lock {self.path} ({e.strerror}); running without the "
+            log.warning(f"cannot lock {self.lock.path} ({e.strerror}); running without the "
                         "one-process-per-folder check")
-        file.truncate(0)
-        file.write(f"{os.getpid()} {socket.gethostname()}\n")
-        file.flush()
-        self.file = file
 
     def release(self) -> None:
-        if self.file:
-            self.file.close()  # closing the only descriptor drops the lock
-            self.file = None
-
-
-def _lock_exclusive(file: IO[str]) -> None:
-    """flock, retried for half a second: `holder` (summarize) may be probing the lock."""
-    for _ in range(5):
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            time.sleep(0.1)
-    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.lock.release()
 
 
 def _iso(timestamp: float) -> str:

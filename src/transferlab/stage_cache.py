@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -43,15 +43,16 @@ from transferlab.checkpoint import load_safely, save_atomic
 from transferlab.data.domain import Split
 from transferlab.denormals import flush_state
 from transferlab.evaluation import Evaluator
+from transferlab.files import cache_folder
 from transferlab.methods.base import Method, Stage
 from transferlab.provenance import code_version, device_name, hash_tensors
 
 Logged = list[tuple[dict[str, float], int]]
+logger = logging.getLogger(__name__)
 
 
 def default_folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "transferlab" / "stages"
+    return cache_folder("stages")
 
 
 def _optimizer_tensors(optimizer: Optimizer, prefix: str) -> Iterable[tuple[str, Tensor]]:
@@ -137,7 +138,7 @@ class StageCache:
         self.events.append({"stage": stage.name, "action": "reused", "fingerprint": key,
                             "entry": str(self.path(key)), "made_by": entry["made_by"],
                             "train_time_s": entry["train_time_s"]})
-        print(f"stage {stage.name}: reusing {self.path(key)} (trained by {entry['made_by']})")
+        logger.info(f"stage {stage.name}: reusing {self.path(key)} (trained by {entry['made_by']})")
         return [{**h, "stage": stage.name, "time_s": time_s} for h in entry["history"]]
 
     def store(self, key: str, stage: Stage, history: list[dict], logged: Logged,

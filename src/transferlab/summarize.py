@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferlab.config import OPERATIONAL_KEYS, flatten
 from transferlab.evaluation.base import REPORTS
+from transferlab.rules import OPERATIONAL_KEYS, flatten
 from transferlab.run_folder import status_of
 
 CHOICES = ("method", "data", "backbone")

@@ -20,7 +20,7 @@ from transferlab.data.augment import Augment
 from transferlab.data.domain import BatchStream, DomainPair, as_input
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator
-from transferlab.evaluation.base import run_evaluation
+from transferlab.evaluation.base import metric_tag, run_evaluation
 from transferlab.methods.base import Method, Stage
 from transferlab.stage_cache import Logged, StageCache
 from transferlab.stops import Interrupted, StopRequest
@@ -106,139 +106,205 @@ def fit(method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int, log: Lo
         stage_cache: StageCache | None = None) -> list[dict]:
     """Run every stage of `method` (from `resume`, a checkpoint, if given); return the
     evaluation history. `log(scalars, step)` receives losses, learning rates and the
-    evaluators' values (as `val/<name>`); `on_evaluation(history, predictions)` the history
-    and every evaluation's target_val class probabilities after each evaluation. Once `stop`
-    is set (by a signal, see transferlab.stops), the loop finishes its step, saves a
+    evaluators' values (tagged by `metric_tag`); `on_evaluation(history, predictions)` the
+    history and every evaluation's target_val class probabilities after each evaluation. Once
+    `stop` is set (by a signal, see transferlab.stops), the loop finishes its step, saves a
     checkpoint and raises `Interrupted`. With a `stage_cache`, stages the method marks
     reusable are loaded from it when already trained, and stored in it when trained here."""
-    stages = method.stages(pair.training_view(method.uses_target_labels))
-    total = sum(s.steps for s in stages)
-    step, history = (resume["step"], resume["history"]) if resume else (0, [])
-    predictions: Predictions = dict(resume.get("predictions") or {}) if resume else {}
-    if resume:
-        method.load_state_dict(resume["method"])
-        set_rng_state(resume["rng"])
-    finite = FiniteCheck()
-    device = pair.device
-    precision = training_precision(cfg.precision, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    channels, normalization = method.network.in_channels, method.network.normalization
-    start = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
-    stage_start = 0
-    stop = StopRequest() if stop is None else stop  # (an unset request is falsy)
-    logged: Logged | None = None  # what a stage that will be stored logs
+    loop = _Loop(method, pair, cfg, seed, log, evaluators, checkpointer, resume,
+                 StopRequest() if stop is None else stop, on_evaluation, stage_cache)
+    return loop.run()
 
-    def emit(values: dict[str, float], at: int) -> None:
-        log(values, at)
-        if logged is not None:
-            logged.append((values, at))
 
-    def save(parts: dict[str, list]) -> None:
-        assert checkpointer is not None
-        checkpointer.save({"step": step, "history": history, "method": method.state_dict(),
-                           "predictions": predictions, **_states(parts)})
+@dataclass
+class _StageRun:
+    """One stage as the loop runs it: where it starts and ends in the run's steps, its
+    streams and schedulers, what a checkpoint saves of it, and its stage-cache key."""
 
-    def fingerprint(stage: Stage, index: int, first: int, last: int) -> str:
-        assert stage_cache is not None
-        return stage_cache.key(
-            stage, method, seed=seed, index=index, first_step=first,
-            eval_steps=[s for s in range(first + 1, last + 1)
-                        if s % cfg.eval_every == 0 or s == total],
+    index: int
+    stage: Stage
+    first: int                   # the run's step before its first step
+    last: int                    # the run's step after its last step
+    streams: dict[str, BatchStream]
+    schedulers: list[LambdaLR]
+    key: str | None = None
+
+    @property
+    def parts(self) -> dict[str, list]:
+        return {"optimizers": self.stage.optimizers, "schedulers": self.schedulers,
+                "streams": list(self.streams.values())}
+
+
+class _Loop:
+    """One call of `fit`: its state (step, history, predictions) and its named parts."""
+
+    def __init__(self, method: Method, pair: DomainPair, cfg: TrainerConfig, seed: int,
+                 log: Log, evaluators: Mapping[str, Evaluator],
+                 checkpointer: Checkpointer | None, resume: dict[str, Any] | None,
+                 stop: StopRequest,
+                 on_evaluation: Callable[[list[dict], Predictions], None] | None,
+                 stage_cache: StageCache | None) -> None:
+        self.method, self.pair, self.cfg, self.seed = method, pair, cfg, seed
+        self.log, self.evaluators, self.checkpointer = log, evaluators, checkpointer
+        self.resume, self.stop, self.on_evaluation = resume, stop, on_evaluation
+        self.stage_cache = stage_cache
+        self.stages = method.stages(pair.training_view(method.uses_target_labels))
+        self.total = sum(s.steps for s in self.stages)
+        self.step, self.history = (resume["step"], resume["history"]) if resume else (0, [])
+        self.predictions: Predictions = dict(resume.get("predictions") or {}) if resume else {}
+        if resume:
+            method.load_state_dict(resume["method"])
+            set_rng_state(resume["rng"])
+        self.finite = FiniteCheck()
+        self.precision = training_precision(cfg.precision, pair.device)
+        self.autocast = torch.autocast(pair.device.type, dtype=torch.bfloat16,
+                                       enabled=self.precision == "bf16")
+        self.start = time.perf_counter() - (self.history[-1]["time_s"] if self.history else 0.0)
+        self.logged: Logged | None = None  # what a stage that will be stored logs
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not cfg.progress_bar,
+                        dynamic_ncols=True)
+
+    def run(self) -> list[dict]:
+        with self.bar:
+            last = 0
+            for index, stage in enumerate(self.stages):
+                first, last = last, last + stage.steps
+                self._run_stage(index, stage, first, last)
+        if not self.history:  # zero steps: still report the untrained model
+            self._evaluate("none", at=0)
+        return self.history
+
+    def _run_stage(self, index: int, stage: Stage, first: int, last: int) -> None:
+        done = min(max(self.step - first, 0), stage.steps)  # steps of it already run
+        if done == stage.steps:
+            if self.resume and self.resume["step"] == last:
+                # Checkpointed at this stage's end: a later stage may carry on with its
+                # optimizers (DIRT-T continues VADA's Adam).
+                _restore({"optimizers": stage.optimizers}, self.resume)
+            return
+        self.bar.set_description(stage.name)
+        current = _StageRun(index, stage, first, last,
+                            *_prepare(stage, index, self.seed, self.cfg.batch_size,
+                                      self.method, self.pair.augment))
+        if done > 0 and self.resume:
+            _restore(current.parts, self.resume)
+        else:
+            _seed_stage(self.seed, index)
+            if stage.on_start:
+                stage.on_start()
+            if self.stage_cache and stage.reuse:
+                current.key = self._fingerprint(current)
+                if self._reuse_stored(current):
+                    return
+        self._train(current, done)
+
+    def _train(self, current: _StageRun, done: int) -> None:
+        """The stage's steps from `done` on, then, if it has a key, its result stored."""
+        self.method.train()
+        self.logged = [] if current.key else None
+        began = time.perf_counter()
+        channels = self.method.network.in_channels
+        normalization = self.method.network.normalization
+        for i in range(done, current.stage.steps):
+            batch = {name: (as_input(x, channels, normalization), y)
+                     for name, (x, y) in ((n, s.next()) for n, s in current.streams.items())}
+            with self.autocast:
+                scalars = current.stage.update(batch, i / current.stage.steps) or {}
+            for scheduler in current.schedulers:
+                scheduler.step()
+            self.step += 1
+            self.bar.update()
+            self.finite.update(scalars, self.step)
+            self._after_step(current, scalars)
+        if self.stage_cache and current.key and self.logged is not None:
+            self.finite.raise_if_bad(None)  # never store a stage that went NaN
+            self.stage_cache.store(
+                current.key, current.stage,
+                [h for h in self.history if h["step"] > current.first], self.logged,
+                time.perf_counter() - began,
+                {k: v for k, v in self.predictions.items() if k > current.first})
+
+    def _after_step(self, current: _StageRun, scalars: Mapping[str, Tensor | float]) -> None:
+        """Log, evaluate, checkpoint and stop, each when it is due."""
+        end = self.step == self.total
+        if self.step % self.cfg.log_every == 0 or end:
+            self._log_step(current.stage, scalars)
+        if self.step % self.cfg.eval_every == 0 or end:
+            self.finite.raise_if_bad(self._kept())
+            self._evaluate(current.stage.name, at=self.step)
+        if self.checkpointer and (self.checkpointer.due(self.step) or end or self.stop):
+            self.finite.raise_if_bad(self._kept())
+            self._save(current)
+        if self.stop and not end:
+            raise Interrupted(f"stopped by {self.stop.name} at step {self.step}; checkpoint "
+                              f"saved to {self._kept() or '(none)'}", self.stop.signum)
+
+    def _log_step(self, stage: Stage, scalars: Mapping[str, Tensor | float]) -> None:
+        values = {k: float(v.detach() if isinstance(v, Tensor) else v)
+                  for k, v in scalars.items()}
+        group = stage.optimizers[0].param_groups[0]
+        values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
+        self._emit(values, self.step)
+        self.bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
+
+    def _evaluate(self, stage_name: str, at: int) -> None:
+        evaluation = run_evaluation(self.method, self.pair, self.evaluators,
+                                    self.cfg.eval_batch_size, keep=(KEPT,))
+        self.predictions[at] = probabilities(evaluation.logits[KEPT])
+        elapsed = round(time.perf_counter() - self.start, 2) if at else 0.0
+        self.history.append({"step": at, "stage": stage_name, **evaluation.metrics,
+                             "time_s": elapsed})
+        self._emit({metric_tag(k): v for k, v in evaluation.metrics.items()}, at)
+        if self.on_evaluation:
+            self.on_evaluation(self.history, self.predictions)
+        if self.checkpointer and at:
+            self.checkpointer.keep_if_best(at, evaluation.metrics, self.method)
+
+    def _emit(self, values: dict[str, float], at: int) -> None:
+        self.log(values, at)
+        if self.logged is not None:
+            self.logged.append((values, at))
+
+    def _fingerprint(self, current: _StageRun) -> str:
+        assert self.stage_cache is not None
+        cfg, network = self.cfg, self.method.network
+        return self.stage_cache.key(
+            current.stage, self.method, seed=self.seed, index=current.index,
+            first_step=current.first,
+            eval_steps=[s for s in range(current.first + 1, current.last + 1)
+                        if s % cfg.eval_every == 0 or s == self.total],
             batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-            precision=precision, device=device, channels=channels,
-            augment=vars(pair.augment) if pair.augment else None,
-            evaluation_splits=pair.splits(), evaluators=evaluators)
+            precision=self.precision, device=self.pair.device, channels=network.in_channels,
+            augment=vars(self.pair.augment) if self.pair.augment else None,
+            evaluation_splits=self.pair.splits(), evaluators=self.evaluators)
 
-    def kept() -> str | None:  # the checkpoint a NaN stop leaves, if one was written yet
-        return str(checkpointer.path) if checkpointer and checkpointer.exists() else None
+    def _reuse_stored(self, current: _StageRun) -> bool:
+        """Load the stage's stored result, if the cache holds one, instead of training it."""
+        assert self.stage_cache is not None and current.key is not None
+        entry = self.stage_cache.load(current.key)
+        if not entry:
+            return False
+        elapsed = round(time.perf_counter() - self.start, 2)
+        self.history += self.stage_cache.reuse(current.key, entry, current.stage, self.log,
+                                               elapsed)
+        self.predictions.update(entry.get("predictions") or {})
+        self.step = current.last
+        self.bar.update(current.stage.steps)
+        if self.checkpointer:
+            self._save(current)
+        return True
 
-    with tqdm(total=total, initial=step, disable=not cfg.progress_bar,
-              dynamic_ncols=True) as bar:
-        for index, stage in enumerate(stages):
-            done = min(max(step - stage_start, 0), stage.steps)  # steps of it already run
-            first_step, stage_start = stage_start, stage_start + stage.steps
-            if done == stage.steps:
-                if resume and resume["step"] == stage_start:
-                    # Checkpointed at this stage's end: a later stage may carry on with its
-                    # optimizers (DIRT-T continues VADA's Adam).
-                    _restore({"optimizers": stage.optimizers}, resume)
-                continue
-            bar.set_description(stage.name)
-            streams, schedulers = _prepare(stage, index, seed, cfg.batch_size, method,
-                                           pair.augment)
-            parts = {"optimizers": stage.optimizers, "schedulers": schedulers,
-                     "streams": list(streams.values())}
-            key = None
-            if done > 0 and resume:
-                _restore(parts, resume)
-            else:
-                _seed_stage(seed, index)
-                if stage.on_start:
-                    stage.on_start()
-                if stage_cache and stage.reuse:
-                    key = fingerprint(stage, index, first_step, stage_start)
-                    if entry := stage_cache.load(key):  # trained before: load, don't train
-                        elapsed = round(time.perf_counter() - start, 2)
-                        history += stage_cache.reuse(key, entry, stage, log, elapsed)
-                        predictions.update(entry.get("predictions") or {})
-                        step = stage_start
-                        bar.update(stage.steps)
-                        if checkpointer:
-                            save(parts)
-                        continue
-            method.train()
-            logged = [] if key else None
-            stage_time = time.perf_counter()
+    def _save(self, current: _StageRun) -> None:
+        assert self.checkpointer is not None
+        self.checkpointer.save({"step": self.step, "history": self.history,
+                                "method": self.method.state_dict(),
+                                "predictions": self.predictions, **_states(current.parts)})
 
-            for i in range(done, stage.steps):
-                batch = {name: (as_input(x, channels, normalization), y)
-                         for name, (x, y) in ((n, s.next()) for n, s in streams.items())}
-                with autocast:
-                    scalars = stage.update(batch, i / stage.steps) or {}
-                for scheduler in schedulers:
-                    scheduler.step()
-                step += 1
-                bar.update()
-                finite.update(scalars, step)
-                if step % cfg.log_every == 0 or step == total:
-                    values = {k: float(v.detach() if isinstance(v, Tensor) else v)
-                              for k, v in scalars.items()}
-                    group = stage.optimizers[0].param_groups[0]
-                    values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
-                    emit(values, step)
-                    bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
-                if step % cfg.eval_every == 0 or step == total:
-                    finite.raise_if_bad(kept())
-                    evaluation = run_evaluation(method, pair, evaluators, cfg.eval_batch_size,
-                                                keep=(KEPT,))
-                    metrics = evaluation.metrics
-                    predictions[step] = probabilities(evaluation.logits[KEPT])
-                    history.append({"step": step, "stage": stage.name, **metrics,
-                                    "time_s": round(time.perf_counter() - start, 2)})
-                    emit({f"val/{k}": v for k, v in metrics.items()}, step)
-                    if on_evaluation:
-                        on_evaluation(history, predictions)
-                    if checkpointer:
-                        checkpointer.keep_if_best(step, metrics, method)
-                if checkpointer and (checkpointer.due(step) or step == total or stop):
-                    finite.raise_if_bad(kept())
-                    save(parts)
-                if stop and step < total:
-                    raise Interrupted(f"stopped by {stop.name} at step {step}; checkpoint "
-                                      f"saved to {kept() or '(none)'}", stop.signum)
-
-            if stage_cache and key and logged is not None:
-                finite.raise_if_bad(None)  # never store a stage that went NaN
-                stage_cache.store(key, stage, [h for h in history if h["step"] > first_step],
-                                  logged, time.perf_counter() - stage_time,
-                                  {k: v for k, v in predictions.items() if k > first_step})
-    if not history:  # zero steps: still report the untrained model
-        evaluation = run_evaluation(method, pair, evaluators, cfg.eval_batch_size, keep=(KEPT,))
-        predictions[0] = probabilities(evaluation.logits[KEPT])
-        history.append({"step": 0, "stage": "none", "time_s": 0.0, **evaluation.metrics})
-        if on_evaluation:
-            on_evaluation(history, predictions)
-    return history
+    def _kept(self) -> str | None:
+        """The checkpoint a NaN stop leaves, if one was written yet."""
+        if self.checkpointer and self.checkpointer.exists():
+            return str(self.checkpointer.path)
+        return None
 
 
 def probabilities(logits: Tensor) -> Tensor:

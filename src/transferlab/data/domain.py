@@ -8,6 +8,7 @@ and conversion to float happen on the batch (`data.augment`, `as_input`), on the
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -20,9 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transferlab.errors import UserError
+from transferlab.files import cache_folder
 
 if TYPE_CHECKING:
     from transferlab.data.augment import Augment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,8 @@ def place(store: Tensor, device: torch.device, mapped: bool) -> Tensor:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if store.nbytes > free // 2:
-            print(f"keeping {store.nbytes / 2**30:.1f} GiB of images in host memory (more "
-                  f"than half the free memory of {device}); batches are copied to it")
+            log.info(f"keeping {store.nbytes / 2**30:.1f} GiB of images in host memory (more "
+                     f"than half the free memory of {device}); batches are copied to it")
             return store
     return store.to(device)
 
@@ -269,8 +273,7 @@ def default_cache_dir(root: Path) -> Path:
     writable = root.is_dir() and os.access(root, os.W_OK) and root.stat().st_mode & 0o222
     if writable:
         return root
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "transferlab"
+    return cache_folder()
 
 
 def build_pair(

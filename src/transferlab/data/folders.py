@@ -11,9 +11,9 @@ Images are decoded once into a cache (see `data.storage`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +27,8 @@ from transferlab.data.augment import Augment
 from transferlab.data.domain import DataContext, Domain, DomainPair, Split, build_pair
 from transferlab.data.storage import CHANNEL_POLICIES, StorageOptions, image_store
 from transferlab.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
 
 # What torchvision.io.decode_image reads (jpeg, png, gif, webp); other files are skipped.
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp"})
@@ -77,8 +79,8 @@ def scan(path: str | Path, key: str, name: str | None = None, layout: str = "aut
         train, test = _walk(folder, key, skipped), []
     if skipped:
         kinds = ", ".join(sorted({p.suffix or p.name for p in skipped})[:5])
-        print(f"note: skipped {len(skipped)} files under {folder} that torchvision.io does not "
-              f"decode ({kinds})", file=sys.stderr)
+        log.warning(f"note: skipped {len(skipped)} files under {folder} that torchvision.io "
+                    f"does not decode ({kinds})")
     classes = tuple(sorted({c for _, c in train}))
     if layout != "pool":
         _same_classes(classes, tuple(sorted({c for _, c in test})), f"{folder} train",

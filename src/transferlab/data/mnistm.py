@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tarfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from transferlab.data.domain import DataContext, Domain, Split
 from transferlab.data.files import not_found
 from transferlab.data.mnist import load_mnist
 from transferlab.errors import DataError, UserError
+from transferlab.files import write_atomic, write_json
 
 RECIPE_VERSION = 1
 PHOTOS = Path("BSR/BSDS500/data/images/train")
@@ -133,15 +133,10 @@ def _read_cache(path: Path, fingerprint: str) -> dict[str, Tensor] | None:
 
 def _write_cache(path: Path, fingerprint: str, tensors: dict[str, Tensor]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(tensors, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda file: torch.save(tensors, file))
         meta = {"fingerprint": fingerprint, "content": _content_hash(tensors),
                 "recipe_version": RECIPE_VERSION}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, path.with_suffix(".json"))
+        write_json(path.with_suffix(".json"), meta, indent=1)
     except OSError as e:
         raise DataError(f"cannot write the MNIST-M cache to {path.parent} ({e.strerror}); set "
                         "data.cache_dir to a writable folder") from None

@@ -20,12 +20,11 @@ blocks; of every byte when it is loaded into memory) is named and rebuilt.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,9 @@ from tqdm import tqdm
 
 from transferlab.data.augment import resize
 from transferlab.errors import DataError, UserError
+from transferlab.files import FileLock, commit, write_json
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FITS = ("stretch", "crop")
@@ -191,8 +193,8 @@ def _build(files: Sequence[Path], name: str, path: Path, fingerprint: str,
         _decode_into(tmp, files, shape, name, options)
         meta = {"fingerprint": fingerprint, "shape": list(shape), "channels": channels,
                 "sha256": _digest(tmp), "sampled_sha256": _sampled_digest(tmp)}
-        os.replace(tmp, path)
-        _write_json(path.with_suffix(".json"), meta)
+        commit(tmp, path)
+        write_json(path.with_suffix(".json"), meta, indent=1)
     except OSError as e:
         raise _unwritable(path, e) from None
     finally:
@@ -237,7 +239,7 @@ def _valid_meta(path: Path, fingerprint: str) -> dict | None:
         problem = f"unreadable: {type(e).__name__}"
     if problem is None:
         return meta
-    print(f"image cache {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+    log.warning(f"image cache {path} is damaged ({problem}); rebuilding it")
     return None
 
 
@@ -253,8 +255,8 @@ def _read(path: Path, shape: tuple[int, ...], sha256: str) -> Tensor | None:
             got = f.readinto(view)
             h.update(view[:got])
     if h.hexdigest() != sha256:
-        print(f"image cache {path} is damaged (its content does not match its checksum); "
-              "rebuilding it", file=sys.stderr)
+        log.warning(f"image cache {path} is damaged (its content does not match its "
+                    "checksum); rebuilding it")
         return None
     return store
 
@@ -290,27 +292,19 @@ def _sampled_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One process builds a given cache; others (parallel sweep jobs) wait for it, then find
     it made."""
+    lock = FileLock(path.with_suffix(".lock"))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - closed below
+        lock.acquire(wait=True)
     except OSError as e:
         raise _unwritable(path, e) from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _unwritable(path: Path, error: OSError) -> DataError:

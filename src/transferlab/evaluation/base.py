@@ -11,9 +11,9 @@ declared, so a validator cannot read a test split or a label it did not ask for.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Collection, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +26,13 @@ SPLITS: tuple[SplitName, ...] = ("source_test", "target_test", "source_val", "ta
 TEST_SPLITS = ("source_test", "target_test")
 # The two reports every run makes; everything else is a validator chosen by config.
 REPORTS = ("source_acc", "target_acc")
+# Their TensorBoard tags; a validator's is val/<name>.
+REPORT_TAGS = {"source_acc": "acc/source", "target_acc": "acc/target"}
+
+
+def metric_tag(name: str) -> str:
+    """The TensorBoard tag of an evaluator's value."""
+    return REPORT_TAGS.get(name, f"val/{name}")
 
 
 def domain_of(split: SplitName) -> DomainName:
@@ -35,8 +42,10 @@ def domain_of(split: SplitName) -> DomainName:
 class Probe:
     """The model on new inputs made from one split's images, for evaluators that probe it
     (MixVal's mixed samples): `images(index)` gives the split's images at `index` as the
-    evaluation pass sees them (uint8, centre-cropped where the pair augments), `logits(x)` the
-    model's class logits for float images `x` in the same units (0-255), in eval mode."""
+    evaluation pass sees them (uint8, centre-cropped where the pair augments), and
+    `logits(count, inputs)` the model's class logits, in eval mode, for `count` new inputs
+    that `inputs(rows)` makes a batch at a time (float images in the same 0-255 units, for the
+    slice `rows` of the `count`), so that memory stays that of one batch."""
 
     def __init__(self, method: Method, pair: DomainPair, split: Split, domain: DomainName,
                  batch_size: int) -> None:
@@ -48,25 +57,40 @@ class Probe:
         return self.pair.augment.center(images) if self.pair.augment else images
 
     @torch.inference_mode()
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, count: int, inputs: Callable[[slice], Tensor]) -> Tensor:
         network = self.method.network
-        return torch.cat([self.method.predict(as_input(x[i : i + self.batch_size],
+        return torch.cat([self.method.predict(as_input(inputs(slice(i, i + self.batch_size)),
                                                        network.in_channels,
                                                        network.normalization),
-                                              self.domain).float()
-                          for i in range(0, len(x), self.batch_size)])
+                                              self.domain).float().cpu()
+                          for i in range(0, count, self.batch_size)])
+
+
+class PassCache:
+    """What several evaluators of one evaluation pass derive alike from the same outputs
+    (`iwv` and `dev`: the density ratios of source_val), computed by the first that asks and
+    reused by the others; each pass starts with an empty one."""
+
+    def __init__(self) -> None:
+        self.values: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        if key not in self.values:
+            self.values[key] = compute()
+        return self.values[key]
 
 
 @dataclass(frozen=True)
 class Outputs:
     """A split as the model sees it. `labels` is None unless the evaluator uses the labels
     of this split's domain; `features` is None unless it asked for features; `probe` is None
-    unless it probes the model (`Evaluator.probes`)."""
+    unless it probes the model (`Evaluator.probes`); `cache` is the pass's `PassCache`."""
 
     logits: Tensor
     features: Tensor | None = None
     labels: Tensor | None = None
     probe: Probe | None = None
+    cache: PassCache = field(default_factory=PassCache)
 
 
 class Evaluator:
@@ -146,14 +170,14 @@ def run_evaluation(method: Method, pair: DomainPair, evaluators: Mapping[str, Ev
             wanted[s] = wanted.get(s, False) or e.uses_features
     computed = {s: model_outputs(method, pair, splits[s], domain_of(s), batch_size, features)
                 for s, features in wanted.items()}
-    metrics = {}
+    metrics, cache = {}, PassCache()
     try:
         for name, e in evaluators.items():
             given = {s: Outputs(computed[s].logits,
                                 computed[s].features if e.uses_features else None,
                                 computed[s].labels if domain_of(s) == e.labels else None,
                                 Probe(method, pair, splits[s], domain_of(s), batch_size)
-                                if e.probes else None)
+                                if e.probes else None, cache)
                      for s in e.reads}
             metrics[name] = float(e(given))
     finally:

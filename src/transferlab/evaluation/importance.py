@@ -101,23 +101,3 @@ def source_density_ratios(source: Tensor, target: Tensor, folds: int = 5,
             ratios[held_out] = density_ratio(fitted.logits(source[held_out]),
                                              int((~held_out).sum()), len(target))
     return ratios
-
-
-class _LastRatios:
-    """The ratios of the latest evaluation: `iwv` and `dev` read the same feature tensors (the
-    evaluation pass computes each split's outputs once), so the second one reuses the fit."""
-
-    def __init__(self) -> None:
-        self.key: tuple[Tensor, Tensor, int, int] | None = None
-        self.ratios: Tensor | None = None
-
-    def get(self, source: Tensor, target: Tensor, folds: int, seed: int) -> Tensor:
-        key = self.key
-        if (key is None or key[0] is not source or key[1] is not target
-                or key[2:] != (folds, seed) or self.ratios is None):
-            self.ratios = source_density_ratios(source, target, folds, seed)
-            self.key = (source, target, folds, seed)
-        return self.ratios
-
-
-shared_ratios = _LastRatios()

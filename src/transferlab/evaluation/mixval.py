@@ -73,8 +73,11 @@ class MixVal(Evaluator):
         pseudo = out.logits.argmax(1).cpu()
 
         def logits_of(a: Tensor, b: Tensor) -> Tensor:
-            mixed = self.mix * probe.images(a).float() + (1 - self.mix) * probe.images(b).float()
-            return probe.logits(mixed).cpu()
+            def mixtures(rows: slice) -> Tensor:
+                return (self.mix * probe.images(a[rows]).float()
+                        + (1 - self.mix) * probe.images(b[rows]).float())
+
+            return probe.logits(len(a), mixtures)
 
         scores = []
         if self.kind in ("intra", "both"):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transferlab.evaluation.base import Evaluator, Outputs, SplitName
-from transferlab.evaluation.importance import shared_ratios
+from transferlab.evaluation.importance import source_density_ratios
 from transferlab.losses.density_ratio import normalised_weights
 from transferlab.losses.entropy import batch_nuclear_norm, entropy, information_maximization
 
@@ -122,7 +122,10 @@ class ImportanceWeighted(Evaluator):
 
     def __call__(self, outputs: Mapping[SplitName, Outputs]) -> float:
         source, target = outputs["source_val"], outputs["target_val"]
-        ratios = shared_ratios.get(source.features, target.features, self.folds, self.seed)
+        # iwv and dev fit the same classifiers: the first of them in a pass fits, the other reuses
+        ratios = source.cache.get(("density_ratios", self.folds, self.seed),
+                                  lambda: source_density_ratios(source.features, target.features,
+                                                                self.folds, self.seed))
         logits = source.logits.detach().to("cpu", torch.float64)
         return float(self.score(logits, source.labels.cpu(), ratios))
 

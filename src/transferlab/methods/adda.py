@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.adversarial import domain_labels
 from transferlab.methods.base import (
@@ -35,6 +34,7 @@ from transferlab.methods.base import (
 )
 from transferlab.nn import DomainDiscriminator
 from transferlab.nn.discriminator import SOURCE
+from transferlab.rules import Rule
 
 log = logging.getLogger(__name__)
 

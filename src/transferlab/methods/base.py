@@ -9,7 +9,7 @@ anneals the learning rate, evaluates `outputs` per domain, and logs what `update
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -61,10 +61,15 @@ class Stage:
     reuse: Reuse | None = None
 
 
-def optimize(optimizer: Optimizer, loss: Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
+def optimize(optimizers: Optimizer | Sequence[Optimizer], loss: Tensor) -> None:
+    """One gradient step of `loss` for one optimizer, or for several that share it (each
+    steps its own parameters, in order)."""
+    optimizers = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    for optimizer in optimizers:
+        optimizer.step()
 
 
 def supervised_stage(name: str, network: Classifier, optimizer: Optimizer, split: Split,
@@ -95,8 +100,8 @@ class Method(nn.Module):
     # Methods that train on target labels by design (the oracle, few-shot fine-tuning) set
     # this; everything else sees target labels as -1. Recorded in results.json.
     uses_target_labels: ClassVar[bool] = False
-    # One-stage methods whose update passes its loss through `regularized` set this: they
-    # take `method.regularizers` (see methods/regularizers.py).
+    # Methods that train in one joint stage set this, and end their update with `joint_step`,
+    # which adds the stacked `method.regularizers` (see methods/regularizers.py).
     takes_regularizers: ClassVar[bool] = False
 
     def __init__(self, network: Classifier, optimizer: OptimizerFactory, steps: int,
@@ -106,8 +111,8 @@ class Method(nn.Module):
         super().__init__()
         if regularizers and not self.takes_regularizers:
             raise UserError(f"method.regularizers={', '.join(regularizers)}: "
-                            f"{type(self).__name__} does not take regularizers; one-stage "
-                            "methods do (dann, mcc, vada)")
+                            f"{type(self).__name__} trains in stages of its own, and "
+                            "regularizers stack only on methods that train in one joint stage")
         self.regularizers = dict(regularizers or {})
         self.network = network
         self.make_optimizer = optimizer
@@ -152,6 +157,17 @@ class Method(nn.Module):
         self._optimizer = self.optimizer(self)
         data = {"source": view.source, "target": view.target}
         return [Stage(name, self.steps, update, data, [self._optimizer])]
+
+    def joint_step(self, loss: Tensor, scalars: dict[str, Tensor | float],
+                   target_logits: Tensor | Callable[[], Tensor],
+                   optimizer: Optimizer | None = None) -> None:
+        """The joint stage's optimizer step (`self._optimizer`, or `optimizer`) on `loss` plus
+        the stacked regularizers' terms on the target batch's logits; `target_logits` may be a
+        function computing them, called only when a regularizer is stacked."""
+        if self.regularizers:
+            logits = target_logits() if callable(target_logits) else target_logits
+            loss = self.regularized(loss, logits, scalars)
+        optimize(optimizer or self._optimizer, loss)
 
     def regularized(self, loss: Tensor, target_logits: Tensor,
                     scalars: dict[str, Tensor | float]) -> Tensor:

@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.adversarial import DomainAdversarialLoss
 from transferlab.losses.conditional import RANDOMIZE_ABOVE, RANDOMIZED_DIM, MultilinearMap
 from transferlab.losses.entropy import entropy_weights
-from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.methods.base import Batch, Method, Stage
 from transferlab.nn import DomainDiscriminator
+from transferlab.rules import Rule
 from transferlab.schedules import dann_lambda
 
 
 class CDAN(Method):
+    takes_regularizers = True
     limits: ClassVar = {"lambda_gamma": Rule(float, min=0), "lambda_max": Rule(float, min=0),
                         "randomize_above": Rule(int, min=0),
                         "randomized_dim": Rule(int, min=1),
@@ -64,6 +65,8 @@ class CDAN(Method):
                 [n, len(xt)])])
         lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
         domain_loss, domain_acc = self.adversarial(joint[:n], joint[n:], lam, weights)
-        optimize(self._optimizer, label_loss + domain_loss)
-        return {"loss/classification": label_loss, "loss/domain": domain_loss,
-                "cdan/lambda": lam, "cdan/domain_acc": domain_acc}
+        scalars: dict[str, Tensor | float] = {
+            "loss/classification": label_loss, "loss/domain": domain_loss, "cdan/lambda": lam,
+            "cdan/domain_acc": domain_acc}
+        self.joint_step(label_loss + domain_loss, scalars, logits[n:])
+        return scalars

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.errors import UserError
 from transferlab.losses.discrepancy import DAN_BANDWIDTHS, multi_kernel_mmd
-from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.methods.base import Batch, Method, Stage
+from transferlab.rules import Rule
 from transferlab.schedules import dann_lambda
 
 
@@ -27,6 +27,7 @@ class FeatureAlignment(Method):
     """Cross-entropy on source + `alignment_weight` · Σ over `layers` of `discrepancy(source
     activations, target activations)`; both domains go through the network as one batch."""
 
+    takes_regularizers = True
     limits: ClassVar = {"alignment_weight": Rule(float, min=0),
                         "alignment_gamma": Rule(float, min=0, nullable=True)}
     discrepancy_name: ClassVar[str]  # the loss tag, e.g. "mmd"
@@ -56,8 +57,10 @@ class FeatureAlignment(Method):
         label_loss = F.cross_entropy(logits[:n], ys)
         alignment = sum(self.discrepancy(a[:n].flatten(1), a[n:].flatten(1))
                         for a in taps.values())
-        optimize(self._optimizer, label_loss + self.weight(progress) * alignment)
-        return {"loss/classification": label_loss, f"loss/{self.discrepancy_name}": alignment}
+        scalars: dict[str, Tensor | float] = {"loss/classification": label_loss,
+                                              f"loss/{self.discrepancy_name}": alignment}
+        self.joint_step(label_loss + self.weight(progress) * alignment, scalars, logits[n:])
+        return scalars
 
     def weight(self, progress: float) -> float:
         """`alignment_weight`, or with `alignment_gamma` set, DANN's ramp from 0 up to it:

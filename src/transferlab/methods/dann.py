@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.adversarial import DomainAdversarialLoss
-from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.methods.base import Batch, Method, Stage
 from transferlab.nn import DomainDiscriminator
+from transferlab.rules import Rule
 from transferlab.schedules import dann_lambda
 
 
@@ -59,10 +59,8 @@ class DANN(Method):
                                                    domain_weights)
         scalars.update({"loss/classification": label_loss, "loss/domain": domain_loss,
                         "dann/domain_acc": domain_acc})
-        loss = label_loss + domain_loss
-        if self.regularizers:  # the target logits only when a stacked term reads them
-            loss = self.regularized(loss, self.network.head(features[n:]), scalars)
-        optimize(self._optimizer, loss)
+        self.joint_step(label_loss + domain_loss, scalars,
+                        lambda: self.network.head(features[n:]))
         return scalars
 
     def source_weights(self, source_logits: Tensor, labels: Tensor, target_features: Tensor,

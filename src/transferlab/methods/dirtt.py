@@ -20,12 +20,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.entropy import entropy
 from transferlab.losses.vat import kl_divergence
 from transferlab.methods.base import Batch, Stage, optimize
 from transferlab.methods.vada import VADA
+from transferlab.rules import Rule
 
 
 class DIRTT(VADA):

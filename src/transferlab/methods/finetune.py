@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.errors import UserError
 from transferlab.methods.base import Method, Stage, supervised_stage
+from transferlab.rules import Rule
 
 
 def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) -> Tensor:

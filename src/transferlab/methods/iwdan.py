@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.losses.label_shift import ClassRatioEstimator
 from transferlab.methods.dann import DANN
+from transferlab.rules import Rule
 
 
 class IWDAN(DANN):

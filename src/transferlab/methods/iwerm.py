@@ -24,21 +24,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
+from transferlab.errors import UserError
 from transferlab.losses.adversarial import domain_labels
 from transferlab.losses.density_ratio import density_ratio, normalised_weights
 from transferlab.methods.base import Batch, Method, Stage, optimize
 from transferlab.nn import DomainDiscriminator
+from transferlab.rules import Rule
 
 
 class IWERM(Method):
+    takes_regularizers = True
     limits: ClassVar = {"clip": Rule(float, min=1, nullable=True),
                         "estimate_steps": Rule(int, min=0)}
 
     def __init__(self, clip: float | None = 10.0, estimate_steps: int = 0,
                  domain_hidden: Sequence[int] = (100,), **common: Any) -> None:
         super().__init__(**common)
+        if self.regularizers and estimate_steps:
+            raise UserError(f"method.regularizers with method.estimate_steps={estimate_steps}: "
+                            "the weighted stage sees no target batch; regularizers stack on "
+                            "the one-stage IWERM (estimate_steps=0)")
         self.clip, self.estimate_steps = clip, estimate_steps
         self.domain_classifier = DomainDiscriminator(self.network.feature_dim, domain_hidden)
         if estimate_steps:
@@ -98,9 +104,12 @@ class IWERM(Method):
             label_loss = weighted_cross_entropy(logits, ys, weights)
         else:
             label_loss = F.cross_entropy(logits, ys)
-        optimize(optimizer, label_loss + domain_loss)
-        return {"loss/classification": label_loss, "loss/domain": domain_loss,
-                **(weight_stats(weights) if weighted else {})}
+        scalars: dict[str, Tensor | float] = {
+            "loss/classification": label_loss, "loss/domain": domain_loss,
+            **(weight_stats(weights) if weighted else {})}
+        self.joint_step(label_loss + domain_loss, scalars,
+                        lambda: self.network.head(features[n:]), optimizer)
+        return scalars
 
     def fixed_weights_update(self, optimizer: torch.optim.Optimizer,
                              batch: Batch) -> dict[str, Tensor]:

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.entropy import class_confusion
-from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.methods.base import Batch, Method, Stage
+from transferlab.rules import Rule
 
 
 class MCC(Method):
@@ -36,6 +36,5 @@ class MCC(Method):
         target_logits = self.network(xt)
         confusion = class_confusion(target_logits, self.temperature)
         scalars = {"loss/classification": label_loss, "loss/mcc": confusion}
-        loss = self.regularized(label_loss + self.trade_off * confusion, target_logits, scalars)
-        optimize(self._optimizer, loss)
+        self.joint_step(label_loss + self.trade_off * confusion, scalars, target_logits)
         return scalars

@@ -13,14 +13,12 @@ Predictions are the mean of the two classifiers' logits: its argmax is the paper
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.classifier_discrepancy import classifier_discrepancy
 from transferlab.methods.base import (
@@ -31,19 +29,12 @@ from transferlab.methods.base import (
     Stage,
     optimize,
 )
-
-
-def reinitialised_copy(module: nn.Module) -> nn.Module:
-    """A module of the same shape with fresh random weights: two classifiers that start
-    equal get equal gradients and never disagree."""
-    fresh = copy.deepcopy(module)
-    for layer in fresh.modules():
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
-    return fresh
+from transferlab.nn import fresh_copy
+from transferlab.rules import Rule
 
 
 class MCD(Method):
+    takes_regularizers = True
     limits: ClassVar = {"num_k": Rule(int, min=1)}
 
     def __init__(self, train_optimizer: OptimizerFactory, num_k: int = 4,
@@ -51,7 +42,7 @@ class MCD(Method):
         super().__init__(**common)
         self.num_k = num_k
         self.make_train_optimizer = train_optimizer
-        self.head2 = reinitialised_copy(self.network.head)
+        self.head2 = fresh_copy(self.network.head)
 
     def stages(self, view: TrainingView) -> list[Stage]:
         factory = self.make_train_optimizer
@@ -65,11 +56,12 @@ class MCD(Method):
         (xs, ys), (xt, _) = batch["source"], batch["target"]
         source_loss = self.step_source(xs, ys)
         maximised = self.step_classifiers(xs, ys, xt)
+        scalars: dict[str, Tensor | float] = {}
         for _ in range(self.num_k):
-            minimised = self.step_generator(xt)
+            minimised = self.step_generator(xt, scalars)
         # The discrepancy after step B (what the classifiers reached) and at the last C step.
         return {"loss/classification": source_loss, "mcd/discrepancy_classifiers": maximised,
-                "mcd/discrepancy_generator": minimised}
+                "mcd/discrepancy_generator": minimised, **scalars}
 
     def _source_loss(self, features: Tensor, labels: Tensor) -> Tensor:
         return (F.cross_entropy(self.network.head(features), labels)
@@ -81,11 +73,7 @@ class MCD(Method):
     def step_source(self, xs: Tensor, ys: Tensor) -> Tensor:
         """(A) G, F1 and F2 on the source labels."""
         loss = self._source_loss(self.network.features(xs), ys)
-        for optimizer in (self._g_optimizer, self._f_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._g_optimizer.step()
-        self._f_optimizer.step()
+        optimize((self._g_optimizer, self._f_optimizer), loss)
         return loss.detach()
 
     def step_classifiers(self, xs: Tensor, ys: Tensor, xt: Tensor) -> Tensor:
@@ -96,10 +84,16 @@ class MCD(Method):
         optimize(self._f_optimizer, self._source_loss(fs, ys) - discrepancy)
         return discrepancy.detach()
 
-    def step_generator(self, xt: Tensor) -> Tensor:
-        """(C) G minimises the discrepancy on target; only G's optimizer steps."""
-        discrepancy = self._discrepancy(self.network.features(xt))
-        optimize(self._g_optimizer, discrepancy)
+    def step_generator(self, xt: Tensor,
+                       scalars: dict[str, Tensor | float] | None = None) -> Tensor:
+        """(C) G minimises the discrepancy on target; only G's optimizer steps. Stacked
+        regularizers act here, in G's one step on target, on the prediction (the heads'
+        mean); their terms go into `scalars`."""
+        features = self.network.features(xt)
+        first, second = self.network.head(features), self.head2(features)
+        discrepancy = classifier_discrepancy(first, second)
+        self.joint_step(discrepancy, {} if scalars is None else scalars,
+                        lambda: (first + second) / 2, self._g_optimizer)
         return discrepancy.detach()
 
     def outputs(self, x: Tensor, domain: DomainName) -> tuple[Tensor, Tensor]:

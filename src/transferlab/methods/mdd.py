@@ -9,30 +9,22 @@ head is trained by source cross-entropy only.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.margin import MarginDisparityLoss
-from transferlab.methods.base import Batch, Method, Stage, optimize
+from transferlab.methods.base import Batch, Method, Stage
+from transferlab.nn import fresh_copy
+from transferlab.rules import Rule
 from transferlab.schedules import dann_lambda
 
 
-def fresh_copy(module: nn.Module) -> nn.Module:
-    """The same architecture with newly initialised parameters."""
-    clone = copy.deepcopy(module)
-    for layer in clone.modules():
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
-    return clone
-
-
 class MDD(Method):
+    takes_regularizers = True
     limits: ClassVar = {"margin": Rule(float, min=0), "lambda_gamma": Rule(float, min=0),
                         "lambda_max": Rule(float, min=0)}
 
@@ -53,6 +45,8 @@ class MDD(Method):
         label_loss = F.cross_entropy(logits[:n], ys)
         lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
         transfer = self.disparity(features[:n], features[n:], logits[:n], logits[n:], lam)
-        optimize(self._optimizer, label_loss + transfer)
         # loss/transfer is −D_γ as the adversarial head currently estimates it.
-        return {"loss/classification": label_loss, "loss/transfer": transfer, "mdd/lambda": lam}
+        scalars: dict[str, Tensor | float] = {"loss/classification": label_loss,
+                                              "loss/transfer": transfer, "mdd/lambda": lam}
+        self.joint_step(label_loss + transfer, scalars, logits[n:])
+        return scalars

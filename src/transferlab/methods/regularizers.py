@@ -15,8 +15,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.losses.entropy import class_confusion, entropy
+from transferlab.rules import Rule
 
 
 class Regularizer:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.methods.base import DomainName, Method, Stage, supervised_stage
+from transferlab.rules import Rule
 
 
 class Supervised(Method):

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transferlab.config import Rule
 from transferlab.data.domain import TrainingView
 from transferlab.losses.adversarial import domain_labels
 from transferlab.losses.entropy import entropy
@@ -43,6 +42,7 @@ from transferlab.methods.base import (
 )
 from transferlab.nn import DomainDiscriminator
 from transferlab.nn.discriminator import SOURCE, TARGET
+from transferlab.rules import Rule
 
 
 class VADA(Method):
@@ -106,8 +106,7 @@ class VADA(Method):
             source_vat = self.vat(xs, source_logits)
             loss = loss + self.lambda_s * source_vat
             scalars["loss/source_vat"] = source_vat
-        loss = self.regularized(loss, target_logits, scalars)
-        optimize(self._optimizer, loss)
+        self.joint_step(loss, scalars, target_logits)
         self.update_average()
         return scalars
 

@@ -1,7 +1,8 @@
-"""What adaptation did to a trained run: how far apart the domains' features are, where the
+"""What adaptation did to a trained model: how far apart the domains' features are, where the
 target errors are, and the picture of both (t-SNE, TensorBoard's projector).
 
-The measures (library functions; `python -m transferlab.analyze` writes them to files):
+The measures (`transferlab.api.analyze_run` writes them for a run folder, and
+`python -m transferlab.analyze` calls it):
 - proxy A-distance (Ben-David et al., NIPS 2006; used in the DANN paper, Ganin et al., JMLR
   2016, sec. 5.1.5): PAD = 2 (1 − 2ε), ε the held-out error of a linear classifier trained to
   tell source from target. As in the DANN paper the classifier is a linear SVM
@@ -24,10 +25,7 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
-import os
 import shutil
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -286,86 +284,3 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-@dataclass
-class RunAnalysis:
-    run_dir: Path
-    folder: Path        # where its files went
-    summary: dict[str, Any]
-    picture: Picture
-
-
-def analyze_run(run_dir: str | Path, out: str | Path | None = None, samples: int = SAMPLES,
-                seed: int = 0, overrides: Sequence[str] = (), checkpoint: str = "last",
-                device: str = "cpu") -> RunAnalysis:
-    """Load a run (see `transferlab.load`), measure it on its pair (or another, by data
-    `overrides`), and write analysis.json, tsne.png, confusion.png, confusion.csv and the
-    projector files under tb/ into `out` (default: the run folder)."""
-    from transferlab.api import load, read_results, run_pair
-
-    require_extra()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    run = Path(run_dir)
-    method = load(run, checkpoint, device)
-    pair = run_pair(method, overrides)
-    m = measure(method, pair, samples, seed, method.config.trainer.eval_batch_size)
-    measured = time.perf_counter()
-    points = tsne(torch.cat([m.source_features, m.target_features]).numpy(), seed)
-    drawn = time.perf_counter()
-
-    name = read_results(run).get("choices", {}).get("method") or type(method).__name__
-    if run.resolve().name != name:
-        name = f"{name} ({run.resolve().name})"
-    summary = m.summary()
-    domains = (pair.source.name, pair.target.name)
-    picture = Picture(f"{name}: PAD {summary['proxy_a_distance']:.2f}, "
-                      f"target acc {summary['target_acc']:.3f}", points,
-                      np.r_[np.zeros(len(m.source), int), np.ones(len(m.target), int)],
-                      torch.cat([m.source.labels, m.target.labels]).cpu().numpy())
-    folder = Path(out) if out else run
-    folder.mkdir(parents=True, exist_ok=True)
-    plot_tsne([picture], folder / "tsne.png", domains)
-    plot_confusion(m.confusion, folder / "confusion.png",
-                   f"{name}: {domains[1]} test, accuracy "
-                   f"{summary['target_acc']:.4f}")
-    write_confusion_csv(m.confusion, folder / "confusion.csv")
-    write_projector(folder / "tb", m, domains, pair.channels, method.step or 0)
-    record = {"run": str(run), "checkpoint": checkpoint, "step": method.step,
-              "domains": {"source": domains[0], "target": domains[1]}, "overrides":
-              list(overrides), "seed": seed, **summary,
-              "proxy_a_distance_classifier": f"LinearSVC on standardised inputs, C in {PAD_C} "
-              "by 3-fold CV on half of each sample, balanced error on the other half",
-              "tsne": "openTSNE defaults (perplexity 30, PCA init) after PCA to 50 dims",
-              "time_s": {"measure": round(measured - start, 2),
-                         "tsne": round(drawn - measured, 2),
-                         "total": round(time.perf_counter() - start, 2)},
-              # CPU seconds of this process (all its threads): on a shared machine the wall
-              # times above grow with the load, this does not.
-              "cpu_s": round(time.process_time() - cpu_start, 2)}
-    (folder / "analysis.json").write_text(json.dumps(record, indent=2) + "\n")
-    return RunAnalysis(run, folder, record, picture)
-
-
-def analyze_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
-                 samples: int = SAMPLES, seed: int = 0, overrides: Sequence[str] = (),
-                 checkpoint: str = "last", device: str = "cpu"
-                 ) -> tuple[list[RunAnalysis], Path | None]:
-    """`analyze_run` for each run; with several, also one side-by-side t-SNE PNG (one row per
-    run), written to `out` or to the runs' common parent folder. With `out` and several runs,
-    each run's files go to `out/<run folder name>`."""
-    runs = [Path(r) for r in run_dirs]
-    folders: list[Path | None] = [Path(out) if out else None] * len(runs)
-    if out and len(runs) > 1:
-        names = [r.resolve().name for r in runs]
-        folders = [Path(out) / (n if names.count(n) == 1 else f"{n}-{i}")
-                   for i, n in enumerate(names)]
-    results = [analyze_run(r, f, samples, seed, overrides, checkpoint, device)
-               for r, f in zip(runs, folders, strict=True)]
-    if len(results) < 2:
-        return results, None
-    where = Path(out) if out else Path(os.path.commonpath([r.resolve() for r in runs]))
-    domains = tuple(results[0].summary["domains"].values())
-    path = where / SIDE_BY_SIDE
-    plot_tsne([r.picture for r in results], path, domains)
-    return results, path
