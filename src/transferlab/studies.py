@@ -168,8 +168,9 @@ def progress(plan: Plan, jobs: Sequence[Job], parallel: int) -> str:
 
 
 def command(plan: Plan, job: Job, threads: int) -> list[str]:
+    # Quoted: a job's folder name holds `=` and `,`, which Hydra's override grammar reads.
     return [sys.executable, "-m", "transferlab", *job.overrides,
-            f"hydra.run.dir={plan.runs / job.name}", f"trainer.num_threads={threads}",
+            f'hydra.run.dir="{plan.runs / job.name}"', f"trainer.num_threads={threads}",
             "trainer.progress_bar=false"]
 
 
@@ -179,6 +180,9 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
     left = [j for j in jobs if not done(plan, j)]
     print(progress(plan, jobs, parallel), flush=True)
     threads = max(1, cpu_count() // max(parallel, 1))
+    if not dry_run:  # runs that finished before (another plan's, an earlier session's)
+        collect(plan.runs, plan.results, plan.predictions,
+                only=[j.name for j in jobs if (plan.runs / j.name).is_dir()])
     if dry_run:
         for job in left:
             print(" ".join(command(plan, job, threads)))
@@ -197,7 +201,7 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
         while left or running:
             while left and len(running) < parallel:
                 job = left.pop(0)
-                log = (plan.runs / job.name).with_suffix(".out")
+                log = plan.runs / f"{job.name}.out"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "w") as out:
                     running[subprocess.Popen(command(plan, job, threads), stdout=out,

@@ -1,0 +1,121 @@
+"""Studies: plans expand as Hydra sweeps do, jobs are named as Hydra names them, a study
+restarted after a stop reruns no finished run, and each finished run's record is collected."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from transferlab import records, studies
+from transferlab.errors import UserError
+
+PLAN = """
+results: results/tiny
+runs: runs
+predictions: true
+settings:
+  a: "data=tiny trainer.steps=6 trainer.eval_every=3 device=cpu"
+sweeps:
+  - "method=source_only,dann seed=0"
+extra:
+  a:
+    - "method=adda method.adapt_optimizer.lr=2e-5 seed=0"
+"""
+
+
+def write_plan(tmp_path: Path, text: str = PLAN) -> Path:
+    (tmp_path / "studies").mkdir(exist_ok=True)
+    path = tmp_path / "studies" / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_jobs_are_the_sweeps_product_named_as_hydra_names_them(tmp_path: Path):
+    plan = studies.load_plan(write_plan(tmp_path))
+    assert [j.name for j in plan.jobs] == [
+        "data=tiny,device=cpu,method=source_only,seed=0,trainer.eval_every=3,trainer.steps=6",
+        "data=tiny,device=cpu,method=dann,seed=0,trainer.eval_every=3,trainer.steps=6",
+        # Hydra writes 2e-5 as 2e-05 in a sweep's job, and so in its folder's name
+        "data=tiny,device=cpu,method.adapt_optimizer.lr=2e-05,method=adda,seed=0,"
+        "trainer.eval_every=3,trainer.steps=6"]
+    assert plan.results == tmp_path / "results" / "tiny"
+    assert [j.name for j in studies.selected(plan, ["method=dann"])] == [plan.jobs[1].name]
+
+
+def test_method_all_is_every_method_of_conf(tmp_path: Path):
+    plan = studies.load_plan(write_plan(tmp_path, PLAN.replace("source_only,dann", "ALL")))
+    assert {j.value("method") for j in plan.jobs} == set(studies.methods())
+
+
+def test_a_bad_plan_is_one_line(tmp_path: Path):
+    with pytest.raises(UserError, match="has no `sweeps`"):
+        studies.load_plan(write_plan(tmp_path, "results: r\nsettings: {a: 'data=tiny'}\n"))
+    with pytest.raises(UserError, match="tiny.yaml: "):
+        studies.load_plan(write_plan(tmp_path, PLAN.replace("dann seed=0", "dann seed")))
+
+
+def study(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "transferlab.studies", "run",
+                           str(tmp_path / "studies" / "tiny.yaml"), "--jobs", "1", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_restarted_study_reruns_no_finished_run_and_collects_every_record(tmp_path: Path):
+    plan = studies.load_plan(write_plan(tmp_path))
+    first = study(tmp_path, "--only", "method=source_only")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "tiny: 0 of 1 runs done, 1 left" in first.stdout
+    finished = plan.runs / plan.jobs[0].name / "results.json"
+    stamp = finished.stat().st_mtime_ns
+
+    second = study(tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "tiny: 1 of 3 runs done, 2 left; about" in second.stdout  # an estimate from run 1
+    assert finished.stat().st_mtime_ns == stamp  # not run again, not even rewritten
+    collected = sorted(p.name for p in plan.results.iterdir())
+    assert collected == sorted([f"{j.name}.json" for j in plan.jobs]
+                               + [f"{j.name}{records.SUFFIX}" for j in plan.jobs])
+    for job in plan.jobs:
+        record = records.read(plan.results / f"{job.name}.json")
+        assert record["status"] == "completed"
+        assert record["overrides"][:len(job.overrides)] == list(job.overrides)
+        predictions = records.read_predictions(plan.results / f"{job.name}{records.SUFFIX}")
+        assert sorted(predictions) == [h["step"] for h in record["history"]]
+
+    third = study(tmp_path)
+    assert "tiny: 3 of 3 runs done, 0 left" in third.stdout
+
+
+def test_collecting_twice_adds_nothing_twice_and_a_later_state_replaces_the_old(tmp_path):
+    sweep, into = tmp_path / "sweep", tmp_path / "results"
+    run = sweep / "a"
+    run.mkdir(parents=True)
+    record = {"record_version": records.RECORD_VERSION, "status": "failed", "choices": {},
+              "seed": 0, "config": {}, "overrides": [], "versions": {}, "history": [],
+              "wall_time_s": 1.0}
+    (run / "results.json").write_text(json.dumps(record))
+    assert records.collect(sweep, into).added == ["a"]
+    assert records.collect(sweep, into).unchanged == ["a"]
+    completed = {**record, "status": "completed", "metrics": {"target_acc": 0.5}, "steps": 3,
+                 "machine": {}, "code_version": "c", "data_fingerprint": "d",
+                 "cpu_time_s": 2.0, "evaluators": {}}
+    (run / "results.json").write_text(json.dumps(completed))
+    assert records.collect(sweep, into).updated == ["a"]
+    assert records.read(into / "a.json")["status"] == "completed"
+
+
+def test_a_record_of_an_unknown_version_is_refused_in_one_line(tmp_path: Path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"record_version": 99, "status": "completed"}))
+    with pytest.raises(UserError, match=r"r\.json: record_version 99 is not one this"):
+        records.read(path)
+    path.write_text(json.dumps({"record_version": records.RECORD_VERSION, "status": "failed"}))
+    with pytest.raises(UserError, match="`choices` is missing"):
+        records.read(path)
