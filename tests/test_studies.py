@@ -56,7 +56,7 @@ def test_method_all_is_every_method_of_conf(tmp_path: Path):
 def test_a_bad_plan_is_one_line(tmp_path: Path):
     with pytest.raises(UserError, match="has no `sweeps`"):
         studies.load_plan(write_plan(tmp_path, "results: r\nsettings: {a: 'data=tiny'}\n"))
-    with pytest.raises(UserError, match="tiny.yaml: "):
+    with pytest.raises(UserError, match=r"tiny\.yaml: "):
         studies.load_plan(write_plan(tmp_path, PLAN.replace("dann seed=0", "dann seed")))
 
 

@@ -181,6 +181,7 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
     print(progress(plan, jobs, parallel), flush=True)
     threads = max(1, cpu_count() // max(parallel, 1))
     if not dry_run:  # runs that finished before (another plan's, an earlier session's)
+        plan.runs.mkdir(parents=True, exist_ok=True)
         collect(plan.runs, plan.results, plan.predictions,
                 only=[j.name for j in jobs if (plan.runs / j.name).is_dir()])
     if dry_run:
@@ -191,7 +192,9 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
     failed = 0
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def forward(signum: int, frame: Any) -> None:  # each run checkpoints and stops
+    def forward(signum: int, frame: Any) -> None:
+        """Start no new job; each running one checkpoints and stops (and resumes next time)."""
+        left.clear()
         for process in running:
             process.send_signal(signum)
 
@@ -208,8 +211,6 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
                                              stderr=subprocess.STDOUT)] = job
             finished = _wait_any(running)
             job = running.pop(finished)
-            if finished.returncode in (130, 143):  # stopped by a signal: stop the study
-                left.clear()
             failed += finished.returncode != 0
             collect(plan.runs, plan.results, plan.predictions, only=[job.name])
             print(f"{'done' if finished.returncode == 0 else 'FAILED'}: {job.name}; "
