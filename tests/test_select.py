@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from helpers import compose_config, run_in_process
-from transferlab import select, summarize
+from transferlab import select, selection, summarize
 from transferlab.checkpoint import Checkpointer, load_safely
 from transferlab.config import CONFIG_DIR, register_resolvers
 from transferlab.errors import UserError
@@ -71,7 +72,7 @@ def rows_of(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def test_selection_picks_the_best_step_across_runs_in_each_direction(sweep: Path):
-    groups = {g.method: g for g in select.select(sweep, "snd", draw=False)}
+    groups = {g.method: g for g in selection.select(sweep, "snd", draw=False)}
     dann = groups["dann"]
     assert (dann.verdicts["snd"].chosen.run, dann.verdicts["snd"].chosen.step) == ("1", 2)
     assert (dann.verdicts["entropy"].chosen.run, dann.verdicts["entropy"].chosen.step) == ("1", 3)
@@ -79,7 +80,7 @@ def test_selection_picks_the_best_step_across_runs_in_each_direction(sweep: Path
             dann.verdicts["source_val_acc"].chosen.step) == ("1", 3)
     assert (dann.oracle.run, dann.oracle.step) == ("0", 3)
     # Pooled over methods, the source-only run's single evaluation wins on snd and entropy.
-    pooled = groups[select.ALL_METHODS]
+    pooled = groups[selection.ALL_METHODS]
     assert pooled.verdicts["snd"].chosen.run == "2" and pooled.verdicts["entropy"].chosen.run == "2"
 
     rows = rows_of(sweep / "selection.csv")
@@ -104,25 +105,46 @@ def test_selection_picks_the_best_step_across_runs_in_each_direction(sweep: Path
 
 def test_selection_draws_one_scatter_plot_per_validator(sweep: Path, tmp_path: Path):
     out = tmp_path / "report"
-    select.select(sweep, "entropy", out=out, markdown=out / "SELECTION.md")
+    selection.select(sweep, "entropy", out=out, markdown=out / "SELECTION.md")
     assert sorted(p.name for p in out.glob("*.png")) == [
         "selection_entropy.png", "selection_snd.png", "selection_source_val_acc.png"]
     assert "![snd](selection_snd.png)" in (out / "SELECTION.md").read_text()
 
 
 def test_weighted_spearman_on_a_hand_case():
-    # Scores (1, 2, 3): dense ranks / max = (1/3, 2/3, 1), weights their squares (1/9, 4/9, 1).
-    # Accuracy ranks (1, 3, 2). Weighted means 18/7 and 31/14, weighted covariance -5/98,
-    # variances 19/49 and 61/196: correlation -5 / sqrt(1159). Unweighted Spearman: 0.5.
-    assert select.weighted_spearman([1, 2, 3], [0.1, 0.3, 0.2]) == pytest.approx(
-        -5 / math.sqrt(1159))
-    assert select.spearman([1, 2, 3], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
-    # Scores (1, 2, 3, 4): weights ∝ (1, 4, 9, 16); accuracy ranks (2, 3, 1, 4). Weighted
-    # means 10/3 and 29/10, covariance 19/30, variances 31/45 and 527/300.
-    assert select.weighted_spearman([1, 2, 3, 4], [0.2, 0.3, 0.1, 0.4]) == pytest.approx(
-        (19 / 30) / math.sqrt(31 / 45 * 527 / 300))
-    assert select.weighted_spearman([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
-    assert math.isnan(select.spearman([1, 1, 1], [0.1, 0.2, 0.3]))
+    """Musgrave et al.'s definition: weights (dense rank / max)² of the scores, then the
+    weighted Pearson correlation of the *weighted* ranks (each point's rank is the weight below
+    it plus its own)."""
+    # Scores (1, 2, 3): weights ∝ (1, 4, 9); weighted ranks of the scores (1, 5, 14). Accuracies
+    # (0.1, 0.3, 0.2) sorted take weights 1, 9, 4: weighted ranks (1, 14, 10). Both weighted
+    # means 147/14 = 10.5; Σw·dx·dy = 90.25 − 77 − 15.75 = −2.5, Σw·dx² = 321.5, Σw·dy² = 141.5.
+    assert selection.weighted_spearman([1, 2, 3], [0.1, 0.3, 0.2]) == pytest.approx(
+        -2.5 / math.sqrt(321.5 * 141.5))
+    assert selection.spearman([1, 2, 3], [0.1, 0.3, 0.2]) == pytest.approx(0.5)
+    # Scores (1, 2, 3, 4): weights (1, 4, 9, 16), weighted ranks (1, 5, 14, 30). Accuracies
+    # (0.2, 0.3, 0.1, 0.4): weighted ranks (10, 14, 9, 30). Means 20.9 and 20.9.
+    dx, dy, w = [-19.9, -15.9, -6.9, 9.1], [-10.9, -6.9, -11.9, 9.1], [1, 4, 9, 16]
+    cov = sum(a * b * c for a, b, c in zip(w, dx, dy, strict=True))
+    var_x = sum(a * b * b for a, b in zip(w, dx, strict=True))
+    var_y = sum(a * b * b for a, b in zip(w, dy, strict=True))
+    assert selection.weighted_spearman([1, 2, 3, 4], [0.2, 0.3, 0.1, 0.4]) == pytest.approx(
+        cov / math.sqrt(var_x * var_y))
+    assert selection.weighted_spearman([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
+    # A tie group takes the weight below it plus (count + 1) / 2 times its mean weight, as an
+    # ordinary tie takes the mean of its positions: below 2, then 2 + 1.5 · 4 / 2 = 5.
+    assert selection.weighted_ranks([2, 1, 2], np.array([1.0, 2.0, 3.0])
+                                    ).tolist() == pytest.approx([5.0, 2.0, 5.0])
+    assert math.isnan(selection.spearman([1, 1, 1], [0.1, 0.2, 0.3]))
+
+
+def test_ensv_scores_agreement_with_the_averaged_ensemble():
+    """Three candidates on four samples of two classes. The ensemble averages probabilities,
+    so a confident minority can outvote a hesitant majority (sample 3)."""
+    a = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.45, 0.55]])
+    b = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.45, 0.55]])
+    c = np.array([[0.7, 0.3], [0.9, 0.1], [0.3, 0.7], [0.99, 0.01]])
+    # means: [0.8, 0.2], [0.667, 0.333], [0.367, 0.633], [0.63, 0.37] → classes 0, 0, 1, 0
+    assert selection.ensemble_agreement([a, b, c]) == pytest.approx([0.75, 0.5, 1.0])
 
 
 def test_select_command_errors_are_one_line(sweep: Path, capsys):

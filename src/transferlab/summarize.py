@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.evaluation.base import REPORTS
+from transferlab.records import SUFFIX
 from transferlab.rules import OPERATIONAL_KEYS, flatten
-from transferlab.run_folder import status_of
+from transferlab.run_folder import PREDICTIONS, RESULTS, status_of
 
 CHOICES = ("method", "data", "backbone")
 
@@ -44,6 +45,8 @@ class Run:
     precision: str = "fp32"    # of training; CPU-fp32 and GPU-bf16 runs are not one group
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's metrics
     evaluators: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → description
+    predictions: Path | None = None  # its target_val predictions file, if it has one
+    record: dict[str, Any] = field(default_factory=dict)  # the whole record
 
 
 @dataclass
@@ -91,21 +94,33 @@ def _short(value: Any, digits: int) -> str:
 
 
 def load_runs(root: Path) -> list[Run]:
-    runs = []
-    for path in sorted(root.rglob("results.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            record = {"status": "unreadable", "error": f"{type(e).__name__}: {e}"}
-        runs.append(Run(path=path.parent, status=status_of(path.parent, record),
-                        choices=record.get("choices", {}), seed=record.get("seed"),
-                        config=record.get("config", {}), metrics=measured(record),
-                        wall_time_s=record.get("wall_time_s"),
-                        error=" ".join(str(record.get("error", "")).split()),
-                        precision=record.get("precision", {}).get("train", "fp32"),
-                        history=record.get("history", []),
-                        evaluators=record.get("evaluators", {})))
-    return runs
+    """The runs below `root`: run folders (their results.json) or, where there are none,
+    collected records (`transferlab.records`: results/<study>/<name>.json)."""
+    folders = sorted(root.rglob(RESULTS))
+    if folders:
+        return [_run(p, p.parent, _read(p), p.parent / PREDICTIONS) for p in folders]
+    found = [(p, _read(p)) for p in sorted(root.rglob("*.json"))]
+    return [_run(p, p.with_suffix(""), record, p.with_name(p.stem + SUFFIX))
+            for p, record in found if "record_version" in record]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return {"status": "unreadable", "error": f"{type(e).__name__}: {e}"}
+
+
+def _run(path: Path, where: Path, record: dict[str, Any], predictions: Path) -> Run:
+    status = status_of(path.parent, record) if path.name == RESULTS else record.get(
+        "status", "unknown")
+    return Run(path=where, status=status, choices=record.get("choices", {}),
+               seed=record.get("seed"), config=record.get("config", {}),
+               metrics=measured(record), wall_time_s=record.get("wall_time_s"),
+               error=" ".join(str(record.get("error", "")).split()),
+               precision=record.get("precision", {}).get("train", "fp32"),
+               history=record.get("history", []), evaluators=record.get("evaluators", {}),
+               predictions=predictions if predictions.exists() else None, record=record)
 
 
 def measured(record: dict[str, Any]) -> dict[str, float]:
@@ -341,8 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a directory", file=sys.stderr)
         return 2
-    if not any(args.dir.rglob("results.json")):
-        print(f"error: no results.json below {args.dir}", file=sys.stderr)
+    if not load_runs(args.dir):
+        print(f"error: no results.json or run record below {args.dir}", file=sys.stderr)
         return 2
     summarize(args.dir, draw=not args.no_plot)
     return 0

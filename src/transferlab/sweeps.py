@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
+from transferlab.run_folder import REFUSED, RESULTS, status_of
 
 
 def cpu_count() -> int:
@@ -74,27 +75,27 @@ def _overrides(job_dir: Path) -> list[str]:
 def sweep_jobs(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
     """Every job below `sweep_dir` that a run since `since` (a time.time()) wrote into.
 
-    A job is a folder with results.json or Hydra's `.hydra/overrides.yaml`: the latter alone
-    means the job died before `run` could record anything (e.g. a config error). A refused.json
-    newer than results.json is a rerun that was refused (the run's record stays as it was).
+    A job is a folder with results.json or Hydra's `.hydra/overrides.yaml`. Its status is its
+    results.json's (a finished run reported again leaves it as it was), unless a refused.json
+    is newer (a rerun that was refused; the run's record stays as it was); a folder with
+    neither means the job died before `run` could record anything (e.g. a config error).
     """
-    # Here, not at the top: run_folder imports config, which imports this module.
-    from transferlab.run_folder import REFUSED, RESULTS, status_of
-
     found = {p.parent for p in sweep_dir.rglob(RESULTS)}
     found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     jobs = []
     for job_dir in sorted(found):
-        markers = [p for p in (job_dir / RESULTS, job_dir / REFUSED,
-                               job_dir / ".hydra" / "overrides.yaml") if p.is_file()]
-        newest = max(markers, key=lambda p: p.stat().st_mtime)
-        if newest.stat().st_mtime < since:
+        results, refused = job_dir / RESULTS, job_dir / REFUSED
+        markers = [p for p in (results, refused, job_dir / ".hydra" / "overrides.yaml")
+                   if p.is_file()]
+        if max(p.stat().st_mtime for p in markers) < since:
             continue
+        records = [p for p in (results, refused) if p.is_file()]
+        source = max(records, key=lambda p: p.stat().st_mtime) if records else None
         try:
-            record = json.loads(newest.read_text()) if newest.suffix == ".json" else {
+            record = json.loads(source.read_text()) if source else {
                 "status": "failed", "error": "no results.json: the job stopped before training"}
         except (OSError, json.JSONDecodeError) as e:
-            record = {"status": "failed", "error": f"unreadable {newest.name}: {e}"}
+            record = {"status": "failed", "error": f"unreadable {source}: {e}"}
         jobs.append({"dir": job_dir, "overrides": _overrides(job_dir),
                      "status": status_of(job_dir, record),
                      "error": one_line(record.get("error", ""))})
@@ -105,6 +106,15 @@ def swept(jobs: list[dict[str, Any]]) -> dict[Path, str]:
     """Each job's overrides that are not the same in every job: what tells the jobs apart."""
     common = set.intersection(*(set(j["overrides"]) for j in jobs)) if jobs else set()
     return {j["dir"]: " ".join(o for o in j["overrides"] if o not in common) for j in jobs}
+
+
+def print_verdicts(sweep_dir: Path, objective: str) -> None:
+    """Where the sweep trained source-only runs beside adapted ones: the negative-transfer
+    guard's verdict on the objective's choice, one line per data pair."""
+    from transferlab.selection import sweep_verdicts
+
+    for line in sweep_verdicts(sweep_dir, objective):
+        print(line)
 
 
 class SweepReport(Callback):
@@ -131,6 +141,7 @@ class SweepReport(Callback):
         hint = f"summary: python -m transferlab.summarize {sweep_dir}"
         if not failed:
             print(f"sweep finished: {len(jobs)} jobs completed in {sweep_dir}\n{hint}")
+            print_verdicts(sweep_dir, str(config.objective))
             return
         lines = [f"sweep finished: {len(failed)} of {len(jobs)} jobs failed in {sweep_dir}:"]
         labels = swept(jobs)
