@@ -50,7 +50,7 @@ gpu-check:
 # docs/RESULTS.md's "Seeing adaptation": a source-only and a DANN run of 10,000 steps on
 # MNIST→MNIST-M (data under $TRANSFERLAB_DATA), `python -m transferlab.analyze` on both, and
 # copies of their analysis.json, confusion matrices and side-by-side t-SNE in docs/analysis/
-# (scripts/results.py, run by `make reproduce`, reads them). Rerunning reuses finished runs.
+# (docs/RESULTS.md renders them with `make results-pages`). Rerunning reuses finished runs.
 ANALYSIS_DIR ?= multirun/analysis
 ANALYSIS_ARGS ?=
 analyze-figures:

@@ -288,24 +288,3 @@ def test_analyze_without_the_extra_names_it_in_one_line(run_dir, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert err == ("error: analysis needs openTSNE, which is not installed: "
                    "pip install 'transferlab[analysis]'")
-
-
-# --- docs/RESULTS.md ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("dann", "verdict"), [(1.2, "falls"), (1.9, "does not fall")])
-def test_results_md_says_whether_the_distance_falls_with_adaptation(tmp_path, monkeypatch,
-                                                                    dann, verdict):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import results as results_md
-
-    folder = tmp_path / "docs" / "analysis"
-    folder.mkdir(parents=True)
-    for method, distance in (("source_only", 1.8), ("dann", dann)):
-        (folder / f"{method}.json").write_text(json.dumps({
-            "proxy_a_distance": distance, "proxy_a_distance_pixels": 1.9, "target_acc": 0.5,
-            "per_class_target_acc": {"0": 0.25, "1": 0.75}, "samples_per_domain": 2000,
-            "time_s": {"total": 60.0}, "cpu_s": 40.0}))
-    text = "\n".join(results_md.analysis_section(folder, tmp_path / "docs"))
-    assert f"{verdict} with adaptation (1.800 → {dann:.3f})" in text
-    assert "| DANN | 0.5000 | " + f"{dann:.3f} | 1.900 | 60 / 40 |" in text
-    assert "(analysis/tsne_mnist_mnistm.png)" in text and "| 1 | 0.750 | 0.750 |" in text

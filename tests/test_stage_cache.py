@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from conftest import TINY_FAST, run_cli
 from helpers import compose_config, run_in_process, scalar_tags
 from transferlab.data.augment import Augment
 from transferlab.experiment import build, build_evaluators
@@ -96,3 +97,13 @@ def test_the_fingerprint_covers_seed_augmentation_starting_weights_and_data(tmp_
     assert moved != first
     stage.data["labelled"].store[0, 0, 0, 0] ^= 1
     assert key() != moved
+
+
+def test_a_reused_stage_is_announced_on_the_console_and_in_the_job_log(tmp_path: Path):
+    common = (*TINY_FAST, "trainer.steps=4", "trainer.eval_every=4")
+    run_cli("method=source_only", *common, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    second = run_cli("method=adda", *common, f"hydra.run.dir={tmp_path / 'second'}",
+                     cwd=tmp_path)
+    announced = "stage pretrain: reusing "
+    assert announced in second.stdout
+    assert announced in (tmp_path / "second" / "transferlab.log").read_text()

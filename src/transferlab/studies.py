@@ -69,6 +69,8 @@ class Plan:
     runs: Path
     predictions: bool
     jobs: list[Job]
+    settings: dict[str, list[str]]  # each setting's own overrides
+    spec: dict[str, Any]            # the plan as written (e.g. its `published` numbers)
 
 
 def methods() -> list[str]:
@@ -101,8 +103,10 @@ def load_plan(path: Path, runs: Path | None = None) -> Plan:
         if key not in spec:
             raise UserError(f"{path} has no `{key}`; a plan needs results, settings, sweeps")
     jobs: list[Job] = []
+    settings: dict[str, list[str]] = {}
     try:
         for setting, fixed in spec["settings"].items():
+            settings[setting] = expand(shlex.split(fixed))[0]
             for sweep in [*spec["sweeps"], *(spec.get("extra") or {}).get(setting, [])]:
                 for overrides in expand([*shlex.split(fixed), *shlex.split(sweep)]):
                     jobs.append(Job(setting, tuple(overrides), job_name(overrides)))
@@ -111,7 +115,7 @@ def load_plan(path: Path, runs: Path | None = None) -> Plan:
     unique = list({job.name: job for job in jobs}.values())
     root = path.resolve().parent.parent  # plans live in <repo>/studies/
     return Plan(path, root / spec["results"], runs or root / spec.get("runs", "multirun/studies"),
-                bool(spec.get("predictions", False)), unique)
+                bool(spec.get("predictions", False)), unique, settings, spec)
 
 
 def selected(plan: Plan, only: Sequence[str]) -> list[Job]:

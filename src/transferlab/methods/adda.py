@@ -56,9 +56,9 @@ class ADDA(Method):
         head = self.network.head
         if split == "encoder" and any(True for _ in head[:-1].parameters()):
             log.warning("method.split=encoder adapts the encoder under head layers frozen at "
-                        "their source values; with dann_mnist's two hidden layers it swung by "
-                        "up to 38 points and ended 14 below source-only on USPS → MNIST "
-                        "(docs/USPS.md). The ADDA paper's split is method.split=last_layer")
+                        "their source values, so the target features can drift away from what "
+                        "those layers expect; the ADDA paper's split is "
+                        "method.split=last_layer (docs/methods.md)")
         self.target_encoder = copy.deepcopy(self.network.encoder)
         self.target_hidden = copy.deepcopy(head[:-1]) if split == "last_layer" else nn.Sequential()
         width = head[-1].in_features if split == "last_layer" else self.network.feature_dim
