@@ -25,8 +25,8 @@ import torch
 
 from transferlab.config import compose
 from transferlab.evaluation import evaluate
-from transferlab.evaluation.base import REPORTS
 from transferlab.experiment import build, build_evaluators, seed_everything
+from transferlab.rules import REPORTS
 from transferlab.train import TrainerConfig, fit
 
 

@@ -26,10 +26,11 @@ from transferlab.evaluation import (
     SoftNeighbourhoodDensity,
     evaluate,
 )
-from transferlab.evaluation.base import REPORTS, SPLITS, TEST_SPLITS, domain_of
+from transferlab.evaluation.base import SPLITS, TEST_SPLITS, domain_of
 from transferlab.evaluation.importance import source_density_ratios
 from transferlab.evaluation.validators import dev_risk, soft_neighbourhood_density
 from transferlab.experiment import build, build_evaluators
+from transferlab.rules import REPORTS
 
 BIG = 50.0  # a logit margin that makes softmax one-hot to float precision
 

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from transferlab import stops, sweeps
-from transferlab.config import CONFIG_DIR, check_choices, register_resolvers
+from transferlab.config import CONFIG_DIR, check_choices, check_values, register_resolvers
 from transferlab.errors import UserError, find_user_error
 from transferlab.overrides import check_keys
 from transferlab.run_folder import check_writable, output_folder
@@ -36,6 +36,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     choices = {g: hc.runtime.choices[g] for g in ("data", "backbone", "method")}
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        check_values(cfg)  # before torch is imported: a bad value is refused at once
         from transferlab.experiment import run
 
         return float(run(cfg, Path(hc.runtime.output_dir), choices,

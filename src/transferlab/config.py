@@ -20,8 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
-from transferlab.evaluation.base import REPORTS
-from transferlab.rules import KINDS, SCHEMA, Rule
+from transferlab.rules import KINDS, REPORTS, SCHEMA, Rule
 from transferlab.sweeps import threads_per_job
 
 
@@ -51,6 +50,15 @@ def compose(overrides: Sequence[str] = (), config_dir: str = CONFIG_DIR) -> Dict
 
 def validate(cfg: DictConfig) -> None:
     """Raise a one-line UserError naming the first bad value and what would be valid."""
+    check_values(cfg)
+    _check_arguments("method", cfg.method)
+    for name, regularizer in (cfg.method.get("regularizers") or {}).items():
+        _check_arguments(f"method.regularizers.{name}", regularizer)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """The part of `validate` that needs no code of the chosen classes (so no torch): the
+    schema's keys and the evaluator names."""
     for key, rule in SCHEMA.items():
         if OmegaConf.select(cfg, key, default="<absent>") != "<absent>":
             rule.check(key, OmegaConf.select(cfg, key))
@@ -61,9 +69,6 @@ def validate(cfg: DictConfig) -> None:
     Rule(str, choices=measured).check("objective", cfg.objective)
     Rule(str, choices=measured, nullable=True).check(
         "trainer.keep_best", OmegaConf.select(cfg, "trainer.keep_best", default=None))
-    _check_arguments("method", cfg.method)
-    for name, regularizer in (cfg.method.get("regularizers") or {}).items():
-        _check_arguments(f"method.regularizers.{name}", regularizer)
 
 
 def _check_arguments(prefix: str, node: DictConfig) -> None:

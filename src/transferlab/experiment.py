@@ -29,11 +29,12 @@ from transferlab.data.domain import DomainPair, as_input
 from transferlab.denormals import flush_denormals
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator
-from transferlab.evaluation.base import REPORTS, TEST_SPLITS
+from transferlab.evaluation.base import TEST_SPLITS
 from transferlab.hparams import log_hparams
 from transferlab.memory import check_batch_fits, out_of_memory_explained
 from transferlab.methods.base import Method
 from transferlab.provenance import code_version, data_fingerprint, machine
+from transferlab.rules import REPORTS
 from transferlab.run_folder import RunFolder, write_predictions
 from transferlab.stage_cache import StageCache
 from transferlab.stage_cache import default_folder as default_stage_folder

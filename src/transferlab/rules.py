@@ -10,6 +10,10 @@ from typing import Any
 
 from transferlab.errors import UserError
 
+# The two reports every run makes (each domain's test accuracy); everything else an evaluation
+# measures is a validator chosen by config (conf/evaluation).
+REPORTS = ("source_acc", "target_acc")
+
 KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

@@ -26,14 +26,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import numpy as np
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from transferlab.errors import UserError, find_user_error
 from transferlab.files import FileLock, write_atomic, write_json
 from transferlab.rules import config_changes
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 LOCK = "run.lock"
 RESULTS = "results.json"
@@ -53,6 +53,8 @@ def write_predictions(folder: Path, predictions: Mapping[int, Tensor]) -> None:
     """Every evaluation's target_val class probabilities, for validators that compare the
     models of a sweep (`transferlab.select`): `steps` (E,) and `probabilities` (E, N, classes)
     float16 in a compressed .npz, written via a temporary file like results.json."""
+    import numpy as np
+
     steps = sorted(predictions)
     write_atomic(folder / PREDICTIONS, lambda file: np.savez_compressed(
         file, steps=np.array(steps, dtype=np.int64),

@@ -33,8 +33,8 @@ import numpy as np
 from scipy.stats import rankdata, spearmanr
 
 from transferlab.errors import UserError
-from transferlab.evaluation.base import REPORTS
 from transferlab.records import read_predictions
+from transferlab.rules import REPORTS
 from transferlab.summarize import Run, directions, group_runs, load_runs
 
 # What a choice is judged by: the target test split's accuracy, read only for that.

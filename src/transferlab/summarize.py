@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferlab.evaluation.base import REPORTS
 from transferlab.records import SUFFIX
-from transferlab.rules import OPERATIONAL_KEYS, flatten
+from transferlab.rules import OPERATIONAL_KEYS, REPORTS, flatten
 from transferlab.run_folder import PREDICTIONS, RESULTS, status_of
 
 CHOICES = ("method", "data", "backbone")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -22,9 +23,11 @@ from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator
 from transferlab.evaluation.base import metric_tag, run_evaluation
 from transferlab.methods.base import Method, Stage
+from transferlab.provenance import process_age
 from transferlab.stage_cache import Logged, StageCache
 from transferlab.stops import Interrupted, StopRequest
 
+log = logging.getLogger(__name__)
 Metrics = dict[str, float]
 Log = Callable[[dict[str, float], int], None]
 # step → the target_val class probabilities (float16, on the CPU) of that step's evaluation
@@ -161,6 +164,7 @@ class _Loop:
                                        enabled=self.precision == "bf16")
         self.start = time.perf_counter() - (self.history[-1]["time_s"] if self.history else 0.0)
         self.logged: Logged | None = None  # what a stage that will be stored logs
+        self.started = False  # whether this invocation has made a step yet
         self.bar = tqdm(total=self.total, initial=self.step, disable=not cfg.progress_bar,
                         dynamic_ncols=True)
 
@@ -215,6 +219,8 @@ class _Loop:
             self.step += 1
             self.bar.update()
             self.finite.update(scalars, self.step)
+            if not self.started:
+                self._announce_start()
             self._after_step(current, scalars)
         if self.stage_cache and current.key and self.logged is not None:
             self.finite.raise_if_bad(None)  # never store a stage that went NaN
@@ -238,6 +244,13 @@ class _Loop:
         if self.stop and not end:
             raise Interrupted(f"stopped by {self.stop.name} at step {self.step}; checkpoint "
                               f"saved to {self._kept() or '(none)'}", self.stop.signum)
+
+    def _announce_start(self) -> None:
+        """How long the start took: from the process's start to this invocation's first step."""
+        self.started = True
+        age = process_age()
+        if age is not None:
+            log.info(f"step {self.step} done {age:.2f} s after the process started")
 
     def _log_step(self, stage: Stage, scalars: Mapping[str, Tensor | float]) -> None:
         values = {k: float(v.detach() if isinstance(v, Tensor) else v)

@@ -24,8 +24,6 @@ from transferlab.methods.base import DomainName, Method
 SplitName = Literal["source_test", "target_test", "source_val", "target_val"]
 SPLITS: tuple[SplitName, ...] = ("source_test", "target_test", "source_val", "target_val")
 TEST_SPLITS = ("source_test", "target_test")
-# The two reports every run makes; everything else is a validator chosen by config.
-REPORTS = ("source_acc", "target_acc")
 # Their TensorBoard tags; a validator's is val/<name>.
 REPORT_TAGS = {"source_acc": "acc/source", "target_acc": "acc/target"}
 
