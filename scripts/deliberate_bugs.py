@@ -35,6 +35,26 @@ class Bug:
 
 
 BUGS = [
+    Bug("mixval-no-mixing", "MixVal probes the dominant image alone (no mixup)",
+        "src/transferlab/evaluation/mixval.py",
+        "return (self.mix * probe.images(a[rows]).float()",
+        "return (1.0 * probe.images(a[rows]).float()", ("tests/test_mixval.py",)),
+    Bug("mixval-partner-label", "MixVal scores the mixture against the partner's pseudo-label",
+        "src/transferlab/evaluation/mixval.py", "return (predicted == pseudo[a]).double()",
+        "return (predicted == pseudo[b]).double()", ("tests/test_mixval.py",)),
+    Bug("ensv-hard-votes", "EnsV's ensemble takes majority votes instead of averaging "
+        "probabilities", "src/transferlab/selection.py",
+        "ensemble = np.mean(probabilities, axis=0).argmax(1)",
+        "ensemble = np.mean([np.eye(p.shape[1])[p.argmax(1)] for p in probabilities], "
+        "axis=0).argmax(1)", ("tests/test_select.py",)),
+    Bug("spearman-plain-ranks", "weighted Spearman on plain ranks (not weighted ranks)",
+        "src/transferlab/selection.py",
+        "return weighted_pearson(weighted_ranks(scores, weights),",
+        "return weighted_pearson(rankdata(scores) + 0 * weighted_ranks(scores, weights),",
+        ("tests/test_select.py",)),
+    Bug("guard-inverted", "the negative-transfer guard's verdict inverted",
+        "src/transferlab/selection.py", "return self.ensv < self.source_only_ensv",
+        "return self.ensv > self.source_only_ensv", ("tests/test_select.py",)),
     Bug("dann-no-reversal", "DANN's gradient reversal removed",
         "src/transferlab/losses/adversarial.py",
         "self.discriminator(grad_reverse(torch.cat([source, target]), coeff))",

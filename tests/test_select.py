@@ -229,3 +229,42 @@ def test_keep_best_must_name_a_measured_evaluator(tmp_path: Path):
     with pytest.raises(UserError, match=r"trainer.keep_best='nope' is invalid: must be one of "
                                         r"source_acc, target_acc, source_val_acc"):
         run_in_process(tmp_path / "run", "trainer.steps=1", "trainer.keep_best=nope")
+
+
+def write_predictions(folder: Path, classes_by_step: dict[int, list[int]]) -> None:
+    """A run's target_val predictions: confident one-hot rows of the given classes."""
+    steps = sorted(classes_by_step)
+    probabilities = np.stack([np.eye(3, dtype=np.float16)[classes_by_step[s]] * 0.9 + 0.1 / 3
+                              for s in steps])
+    np.savez_compressed(folder / "target_val_predictions.npz", steps=np.array(steps),
+                        probabilities=probabilities)
+
+
+def test_the_guard_says_an_adapted_choice_that_strays_from_the_ensemble_is_likely_worse(
+        tmp_path: Path, capsys):
+    """Source-only (two seeds) and DANN predict 4 target_val images. The ensemble of all five
+    candidates predicts [0, 1, 2, 0]; source-only's finals agree with it on 4 of 4, DANN's
+    choice (its highest snd, predicting [0, 0, 1, 1]) on 1 of 4: likely worse. Its predicted class shares [1/2, 1/2, 0]
+    against source-only's [1/2, 1/4, 1/4] moved 1/4 (total variation)."""
+    for name, seed in (("a", 0), ("b", 1)):
+        write_run(tmp_path / name, "source_only", seed, 1.0, {
+            "snd": [1.0], "target_acc": [0.9], "source_val_acc": [0.99], "source_acc": [0.99],
+            "entropy": [0.5]})
+        write_predictions(tmp_path / name, {1: [0, 1, 2, 0]})
+    write_run(tmp_path / "c", "dann", 0, 1.0, {
+        "snd": [2.0, 5.0], "target_acc": [0.8, 0.5], "source_val_acc": [0.97, 0.95],
+        "source_acc": [0.99, 0.99], "entropy": [0.5, 0.1]})
+    write_predictions(tmp_path / "c", {1: [0, 1, 2, 0], 2: [0, 0, 1, 1]})
+    groups = selection.select(tmp_path, "snd", draw=False)
+    pooled = next(g for g in groups if g.method == selection.ALL_METHODS)
+    chosen = pooled.verdicts["snd"].chosen
+    assert (chosen.run, chosen.step) == ("c", 2)
+    assert [p.metrics["ensv"] for p in pooled.points] == [1.0, 1.0, 1.0, 0.25]
+    verdict = selection.guard(pooled.points, chosen)
+    assert verdict.likely_worse
+    assert verdict.shares_moved == pytest.approx(0.25)
+    assert verdict.source_val_change == pytest.approx(0.95 - 0.99)
+    assert "guard: snd's choice (dann, `c" in (tmp_path / "selection.md").read_text()
+    assert "is likely WORSE than source-only" in selection.sweep_verdicts(tmp_path, "snd")[0]
+    # An adapted choice that agrees with the ensemble as source-only does: not worse.
+    assert not selection.guard(pooled.points, pooled.points[2]).likely_worse
