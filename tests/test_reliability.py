@@ -601,3 +601,67 @@ def test_version_is_transferlabs(tmp_path: Path):
 
     result = run_cli("--version", cwd=tmp_path)
     assert result.stdout.startswith(f"transferlab {transferlab.__version__} (hydra-core ")
+
+
+# --- a full disk --------------------------------------------------------------------------
+
+def test_a_failed_write_with_the_disk_nearly_full_is_out_of_space(tmp_path: Path, monkeypatch):
+    """torch.save's zip writer reports a short write as a RuntimeError, not as ENOSPC: with
+    (almost) no space left, any failed write is taken for a full disk, names the folder and the
+    bytes, and leaves no temporary file."""
+    from transferlab import files
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"x" * 5000)
+
+    def short_write(file) -> None:
+        file.write(b"y" * 3000)
+        raise RuntimeError("unexpected pos 1354432 vs 1354360")
+
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(
+        10**9, 10**9 - 100, 100))
+    with pytest.raises(files.OutOfSpace, match=rf"out of space in {tmp_path}: writing last.pt "
+                                               r"needs about 5,000 bytes and 3,100 are free"):
+        files.write_atomic(path, short_write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert path.read_bytes() == b"x" * 5000
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError):  # with room to spare it is the bug it says it is
+        files.write_atomic(path, short_write)
+
+
+# The real CLI in a child process whose disk "fills" while it writes the checkpoint of step
+# FULL_AT: torch.save fails there with ENOSPC, as a write to a full filesystem does.
+FILL_DISK = """
+import errno, os, sys
+import torch
+real_save = torch.save
+def save_until_full(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step") == int(os.environ["FULL_AT"]):
+        f.write(b"part of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real_save(obj, f, *args, **kwargs)
+torch.save = save_until_full
+sys.argv = ["transferlab", *sys.argv[1:]]
+from transferlab.cli import main
+main()
+"""
+
+
+def test_a_full_disk_mid_run_is_one_line_exit_2_and_a_rerun_resumes_exactly(
+        tmp_path: Path, uninterrupted: Path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "FULL_AT": "20"}
+    full = subprocess.run([sys.executable, "-c", FILL_DISK, *RUN, f"hydra.run.dir={run_dir}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2, full.stderr
+    assert full.stderr.strip().splitlines() == [full.stderr.strip()]  # one line
+    assert full.stderr.startswith(f"error: out of space in {run_dir / 'checkpoints'}: writing "
+                                  "last.pt needs about ")
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed" and "out of space" in record["error"]
+    assert not [p for p in run_dir.rglob("*.tmp*")]
+    assert load_safely(run_dir / "checkpoints" / "last.pt")["step"] == 10  # the one before
+    resumed = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert "resuming from" in resumed.stdout and "at step 10" in resumed.stdout
+    assert _metrics(run_dir) == _metrics(uninterrupted)

@@ -13,20 +13,35 @@ cache writes it through here.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from transferlab.errors import UserError
+
+
+class OutOfSpace(UserError):
+    """A write failed because its filesystem is full (or the user's quota is)."""
+
+
+# A failed write with less free space than this left is taken to have run out of space: some
+# writers (torch.save's zip writer) report a short write as a RuntimeError, not as ENOSPC.
+NEARLY_FULL = 1 << 20
+
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None],
                  keep_previous: Path | None = None) -> None:
     """`write(file)` into a temporary file, then rename it over `path`; with `keep_previous`,
-    the old `path` is kept there first (as a fallback should the new one be damaged)."""
+    the old `path` is kept there first (as a fallback should the new one be damaged). A write
+    that fails leaves no temporary file; one that fails for want of space raises `OutOfSpace`
+    naming the folder, the bytes it needs and the bytes free."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
@@ -37,9 +52,33 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None],
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp, path)
+    except Exception as error:
+        full = out_of_space(error, tmp, path)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise full from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def out_of_space(error: Exception, partial: Path, path: Path) -> OutOfSpace | None:
+    """`error` as an OutOfSpace if writing `partial` (the unfinished copy of `path`) failed
+    for want of space, else None."""
+    written = partial.stat().st_size if partial.exists() else 0
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    no_space = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not no_space and free >= NEARLY_FULL:
+        return None
+    needed = max(written, path.stat().st_size if path.exists() else 0)
+    return OutOfSpace(f"out of space in {path.parent}: writing {path.name} needs about "
+                      f"{needed:,} bytes and {free + written:,} are free; make room (or choose "
+                      "another folder) and rerun the same command: it resumes from its last "
+                      "checkpoint")
 
 
 def commit(tmp: Path, path: Path) -> None:
