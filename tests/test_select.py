@@ -242,10 +242,11 @@ def write_predictions(folder: Path, classes_by_step: dict[int, list[int]]) -> No
 
 def test_the_guard_says_an_adapted_choice_that_strays_from_the_ensemble_is_likely_worse(
         tmp_path: Path, capsys):
-    """Source-only (two seeds) and DANN predict 4 target_val images. The ensemble of all five
+    """Source-only (two seeds) and DANN predict 4 target_val images. The ensemble of all four
     candidates predicts [0, 1, 2, 0]; source-only's finals agree with it on 4 of 4, DANN's
-    choice (its highest snd, predicting [0, 0, 1, 1]) on 1 of 4: likely worse. Its predicted class shares [1/2, 1/2, 0]
-    against source-only's [1/2, 1/4, 1/4] moved 1/4 (total variation)."""
+    choice (its highest snd, predicting [0, 0, 1, 1]) on 1 of 4: likely worse. Its predicted
+    class shares [1/2, 1/2, 0] against source-only's [1/2, 1/4, 1/4] moved 1/4 (total
+    variation)."""
     for name, seed in (("a", 0), ("b", 1)):
         write_run(tmp_path / name, "source_only", seed, 1.0, {
             "snd": [1.0], "target_acc": [0.9], "source_val_acc": [0.99], "source_acc": [0.99],

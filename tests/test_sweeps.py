@@ -185,6 +185,7 @@ def test_a_refused_rerun_is_reported_while_the_job_keeps_its_record(tmp_path: Pa
     job.mkdir()
     write_json(job / "results.json", {"status": "completed"})
     os.utime(job / "results.json", (1, 1))  # written by an earlier sweep
-    write_json(job / "refused.json", {"status": "refused", "error": "UserError: changed"})
+    write_json(job / ".hydra" / "refused.json", {"status": "refused",
+                                                 "error": "UserError: changed"})
     [found] = sweeps.sweep_jobs(tmp_path, since=time.time() - 60)
     assert (found["status"], found["error"]) == ("refused", "UserError: changed")

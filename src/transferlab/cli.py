@@ -18,7 +18,7 @@ from transferlab import stops, sweeps
 from transferlab.config import CONFIG_DIR, check_choices, check_values, register_resolvers
 from transferlab.errors import UserError, find_user_error
 from transferlab.overrides import check_keys
-from transferlab.run_folder import check_writable, output_folder
+from transferlab.run_folder import check_free, check_writable, output_folder
 from transferlab.version import __version__
 
 DEBUG_ENV = "TRANSFERLAB_DEBUG"
@@ -39,8 +39,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         check_values(cfg)  # before torch is imported: a bad value is refused at once
         from transferlab.experiment import run
 
-        return float(run(cfg, Path(hc.runtime.output_dir), choices,
-                         hc.overrides.task)[cfg.objective])
+        return float(run(cfg, Path(hc.runtime.output_dir), choices, hc.overrides.task,
+                         in_sweep=multirun)[cfg.objective])
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         if stops.requeues(signum):
@@ -89,7 +89,9 @@ def main() -> None:
         check_choices(sys.argv[1:], CONFIG_DIR)
         check_keys(sys.argv[1:], CONFIG_DIR)
         if not any(a.split("=")[0] in SHOW_ONLY for a in sys.argv[1:]):
-            check_writable(output_folder(sys.argv[1:]))
+            folder = output_folder(sys.argv[1:])
+            check_writable(folder)
+            check_free(folder)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

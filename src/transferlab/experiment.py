@@ -128,13 +128,14 @@ def results_table(pair: DomainPair, evaluators: dict[str, Evaluator],
 
 
 def run(cfg: DictConfig, out_dir: Path, choices: dict[str, str],
-        overrides: Sequence[str] = ()) -> dict[str, float]:
+        overrides: Sequence[str] = (), in_sweep: bool = False) -> dict[str, float]:
     """Train one configuration in `out_dir` (results.json, tb/, checkpoints/), resuming its
     checkpoint if it has one; a completed run there is only reported again. Who may write
-    there, and when results.json is written: see transferlab.run_folder."""
+    there, and when results.json is written: see transferlab.run_folder (`in_sweep`: a
+    refusal is recorded for the sweep's report)."""
     base = {"choices": choices, "seed": cfg.seed,
             "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions()}
-    with RunFolder(out_dir, base, overrides) as folder, graceful_stops() as stop:
+    with RunFolder(out_dir, base, overrides, in_sweep) as folder, graceful_stops() as stop:
         log.info(f"run folder: {out_dir}")
         if done := folder.completed():
             scores = " ".join(f"{k}={v:.4f}" for k, v in done["metrics"].items())

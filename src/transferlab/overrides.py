@@ -82,8 +82,18 @@ def _check(override: Override, trees: list[Tree]) -> None:
     elif any(_may_add(tree, key) for tree in trees):
         raise UserError(f"{key} is not in the config, but its target takes it: add it with "
                         f"+{key}=...")
-    close = difflib.get_close_matches(key, sorted(_candidates(trees)), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "`--cfg job` lists every key"
+    # Suggest a sibling by its own name (trainer.stpes → trainer.steps), else name the
+    # parent's keys (trainer.foo); never the key's own parent.
+    parent, _, name = key.rpartition(".")
+    candidates = sorted(c for c in _candidates(trees) if not key.startswith(c + "."))
+    siblings = [c[len(parent) + 1:] for c in candidates
+                if c.startswith(parent + ".") and "." not in c[len(parent) + 1:]] if parent \
+        else [c for c in candidates if "." not in c]
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    where = f"{parent}." if parent else ""
+    hint = (f"did you mean {where}{close[0]}?" if close else
+            f"{parent or 'the config'} has {', '.join(siblings)}" if siblings
+            else "`--cfg job` lists every key")
     raise UserError(f"{key} is not a config key; {hint}")
 
 

@@ -11,8 +11,9 @@
   `incomplete`.
 - Nothing finished is overwritten: a completed run is never trained or rewritten again (a rerun
   reports it; a rerun with another config is refused), and an invocation that stops before it
-  starts (a refusal, a damaged checkpoint, a bad value) leaves an existing results.json as it
-  is and writes its error beside it, in refused.json.
+  starts (a refusal, a damaged checkpoint) leaves an existing results.json as it is; in a
+  sweep, its error goes into that invocation's own `.hydra/refused.json`, for the sweep's
+  report, and a later invocation that begins removes it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 LOCK = "run.lock"
 RESULTS = "results.json"
-REFUSED = "refused.json"
+REFUSED = ".hydra/refused.json"  # a sweep job's refusal, for the report
 PREDICTIONS = "target_val_predictions.npz"
 # results.json's layout; readers refuse versions they do not know (transferlab.records)
 RECORD_VERSION = 1
@@ -90,7 +91,8 @@ def output_folder(arguments: Sequence[str]) -> Path:
     multirun = "-m" in arguments or "--multirun" in arguments
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = [a.lstrip("+")[len(key):] for a in arguments if a.lstrip("+").startswith(key)]
-    return Path(given[-1].split("${")[0] if given else "multirun" if multirun else "outputs")
+    return Path(given[-1].split("${")[0].strip("'\"") if given
+                else "multirun" if multirun else "outputs")
 
 
 def check_writable(folder: Path) -> None:
@@ -105,6 +107,15 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"cannot write the run folder {folder} ({e.strerror}: {existing}); "
                         "choose a writable one with hydra.run.dir=... (with -m: "
                         "hydra.sweep.dir=...)") from None
+
+
+def check_free(folder: Path) -> None:
+    """Refuse at once, before Hydra writes its files there, a run folder another process
+    holds (a sweep's folder holds only jobs, which each check their own)."""
+    owner = holder(folder)
+    if owner is not None:
+        raise FolderInUse(f"run folder {folder} is in use by {_describe(owner)}; wait for it to "
+                          "end, or use another hydra.run.dir")
 
 
 def _describe(owner: str) -> str:
@@ -148,8 +159,10 @@ class RunFolder:
     it (see `_record_failure`), then releases the lock.
     """
 
-    def __init__(self, path: Path, base: dict[str, Any], overrides: Sequence[str] = ()) -> None:
+    def __init__(self, path: Path, base: dict[str, Any], overrides: Sequence[str] = (),
+                 record_refusal: bool = False) -> None:
         self.path = path
+        self.record_refusal = record_refusal  # in a sweep: for its report (REFUSED)
         self.base = base
         self.overrides = list(overrides)
         self.lock = RunLock(path)
@@ -210,6 +223,7 @@ class RunFolder:
         same = self.previous is not None and self._same_run(self.previous.get("config", {}))
         self.earlier = list(self.previous.get("invocations", [])) if same else []
         overrides = self.previous.get("overrides", self.overrides) if same else self.overrides
+        (self.path / REFUSED).unlink(missing_ok=True)  # an earlier refusal is history now
         self.record = {"record_version": RECORD_VERSION, "status": "running", **self.base,
                        "overrides": overrides,
                        "history": history, **facts}
@@ -233,9 +247,9 @@ class RunFolder:
         write_json(self.path / RESULTS, self.record)
 
     def _record_failure(self, error: BaseException) -> None:
-        """A run that began records its end in results.json. One that did not (refused,
-        damaged checkpoint, bad value) writes refused.json if the folder already has a record,
-        so that record stays as it was; in a new folder it writes results.json."""
+        """A run that began records its end in results.json. One that did not (refused, a
+        damaged checkpoint) leaves a folder's existing record as it was (in a sweep it writes
+        its error into REFUSED for the report); in a new folder it writes results.json."""
         cause = find_user_error(error) or error
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         message = f"{type(cause).__name__}: {cause}"
@@ -243,9 +257,10 @@ class RunFolder:
             if self.record is not None:
                 self.update(status=status, error=message)
             elif self.previous is not None:
-                write_json(self.path / REFUSED, {"status": "refused", "error": message,
-                                                 "overrides": self.overrides,
-                                                 "time": _iso(time.time())})
+                if self.record_refusal:
+                    write_json(self.path / REFUSED, {
+                        "status": "refused", "error": message, "overrides": self.overrides,
+                        "time": _iso(time.time())})
             else:
                 self.record = {"status": status, **self.base, "overrides": self.overrides,
                                "error": message}
