@@ -667,3 +667,82 @@ def test_a_full_disk_mid_run_is_one_line_exit_2_and_a_rerun_resumes_exactly(
     resumed = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert "resuming from" in resumed.stdout and "at step 10" in resumed.stdout
     assert _metrics(run_dir) == _metrics(uninterrupted)
+
+
+# --- commands after training: folders they cannot write, runs still training ---------------
+
+READ_ONLY = OSError(30, "Read-only file system")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze", "summarize", "select"])
+def test_a_command_on_a_folder_it_cannot_write_says_so_in_one_line_before_working(
+        uninterrupted: Path, tmp_path: Path, monkeypatch, capsys, command):
+    import tempfile
+
+    from transferlab import analyze, evaluate, select
+
+    def read_only(*args, **kwargs):
+        raise READ_ONLY
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    mains = {"evaluate": lambda: evaluate.main([str(uninterrupted)]),
+             "analyze": lambda: analyze.main([str(uninterrupted), "--samples", "20"]),
+             "summarize": lambda: summarize.main([str(uninterrupted), "--no-plot"]),
+             "select": lambda: select.main([str(uninterrupted), "--by", "bnm", "--no-plot"])}
+    with contextlib.suppress(SystemExit):
+        code = mains[command]()
+        assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert err.startswith(f"error: cannot write the folder {uninterrupted} (Read-only file "
+                          "system") and err.endswith("elsewhere with --out DIR")
+
+
+def test_evaluate_refuses_a_run_still_training_unless_allowed(stopped, tmp_path: Path, capsys,
+                                                               caplog):
+    from transferlab import evaluate
+    from transferlab.files import FileLock
+
+    run_dir = _copy(stopped[0], tmp_path)  # a checkpoint of step 15 of 30
+    lock = FileLock(run_dir / "run.lock")
+    lock.acquire(wait=False)  # as the training process holds it
+    try:
+        with pytest.raises(SystemExit):
+            evaluate.main([str(run_dir), "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {run_dir} is still training (process {os.getpid()}); its "
+                       "checkpoint is from step 15: wait for the run to end, or pass "
+                       "--allow-live (in Python: allow_live=True) to use that checkpoint")
+        evaluate.main([str(run_dir), "--out", str(tmp_path / "out"), "--allow-live"])
+        assert "is still training" in caplog.text and "using it (--allow-live)" in caplog.text
+        assert json.loads((tmp_path / "out" / "evaluate.json").read_text())["step"] == 15
+    finally:
+        lock.release()
+
+
+def test_a_torchvision_built_for_another_torch_is_one_line_with_the_fix(tmp_path: Path):
+    """What a CPU-wheel install can leave: torchvision's ops fail to register on import."""
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = {"PYTHONPATH": f"{tmp_path / 'site'}:{ROOT / 'src'}"}
+    result = run_cli(*TINY_FAST, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env,
+                     check=False)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    from transferlab.install import installed, matching_torchvision
+
+    torch_version = installed("torch")
+    assert line.startswith(f"error: the PyTorch install is broken (torch {torch_version} with "
+                           f"torchvision {installed('torchvision')}")
+    assert "operator torchvision::nms does not exist" in line
+    assert line.endswith(f"pip install --force-reinstall torch=={torch_version.split('+')[0]} "
+                         f"torchvision=={matching_torchvision(torch_version)}.*")
+
+
+def test_matching_torchvision_releases():
+    from transferlab.install import matching_torchvision
+
+    assert matching_torchvision("2.14.1+cu130") == "0.29"
+    assert matching_torchvision("2.9.1") == "0.24"

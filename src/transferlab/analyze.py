@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="for the samples, split and t-SNE")
     parser.add_argument("--checkpoint", default="last", help="last (default) or best")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, ...")
+    parser.add_argument("--allow-live", action="store_true",
+                        help="analyse a run still training, from its latest checkpoint")
     args = parser.parse_args(argv)
     overrides = [a for a in args.runs if "=" in a]
     runs = [Path(a) for a in args.runs if "=" not in a]
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         from transferlab.api import analyze_runs
 
         results, side_by_side = analyze_runs(runs, args.out, args.samples, args.seed,
-                                             overrides, args.checkpoint, args.device)
+                                             overrides, args.checkpoint, args.device,
+                                             args.allow_live)
     for r in results:
         s = r.summary
         print(f"{r.run_dir}: proxy A-distance {s['proxy_a_distance']:.3f} (pixels "

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -38,9 +39,11 @@ from transferlab.experiment import (
     resolve_device,
     results_table,
 )
-from transferlab.files import write_json
+from transferlab.files import check_writable, write_json
 from transferlab.methods.base import DomainName, Method
+from transferlab.run_folder import holder
 
+log = logging.getLogger(__name__)
 # `load(run_dir, checkpoint=...)`: the checkpoint files a run folder may hold.
 CHECKPOINTS = {"last": LATEST, "best": BEST}
 RECORDED = "_recorded_by_run"  # the data group choice that stands for a run's own data config
@@ -57,7 +60,8 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({e})") from None
 
 
-def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> Method:
+def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu",
+         allow_live: bool = False) -> Method:
     """The trained method of a run folder, in eval mode, on `device`.
 
     `checkpoint` is "last" (`checkpoints/last.pt`: the end of training, or the latest
@@ -81,6 +85,7 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> 
                 else "; is it a transferlab run folder?")
         raise UserError(f"{path} not found: {run} has no {checkpoint} checkpoint{hint}")
     state = load_safely(path)
+    _check_live(run, state.get("step"), allow_live)
     results = read_results(run)
     config = OmegaConf.create(state.get("config") or results.get("config") or {})
     if "method" not in config:
@@ -96,6 +101,20 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> 
     method = method.to(resolve_device(device), memory_format=torch.channels_last).eval()
     method.config, method.model_shape, method.step = config, shape, state.get("step")
     return method
+
+
+def _check_live(run: Path, step: int | None, allow_live: bool) -> None:
+    """A run still training (its folder's lock held) has only a mid-run checkpoint: refuse it,
+    or with `allow_live` say which step's checkpoint is used."""
+    owner = holder(run)
+    if owner is None:
+        return
+    where = f"{run} is still training (process {owner.split()[0]}); its checkpoint is from " \
+            f"step {step}"
+    if not allow_live:
+        raise UserError(f"{where}: wait for the run to end, or pass --allow-live (in Python: "
+                        "allow_live=True) to use that checkpoint")
+    log.warning(f"{where}: using it (--allow-live)")
 
 
 @torch.inference_mode()
@@ -191,12 +210,13 @@ def evaluate_run(method: Method, pair: DomainPair,
 
 
 def evaluate_folder(run_dir: str | Path, overrides: Sequence[str] = (),
-                    checkpoint: str = "last", device: str = "cpu") -> tuple[dict[str, Any], str]:
+                    checkpoint: str = "last", device: str = "cpu",
+                    allow_live: bool = False) -> tuple[dict[str, Any], str]:
     """Evaluate a run folder's model (see `load`) on its pair or another (`run_pair`) with the
     evaluators it measured: the record `transferlab.evaluate` writes as evaluate.json, and the
     run's console table for it."""
     start = time.time()
-    method = load(run_dir, checkpoint, device)
+    method = load(run_dir, checkpoint, device, allow_live)
     pair = run_pair(method, overrides)
     evaluators = build_evaluators(method.config)
     metrics = evaluate_run(method, pair, evaluators)
@@ -219,14 +239,14 @@ class RunAnalysis:
 def analyze_run(run_dir: str | Path, out: str | Path | None = None,
                 samples: int = diagnostics.SAMPLES, seed: int = 0,
                 overrides: Sequence[str] = (), checkpoint: str = "last",
-                device: str = "cpu") -> RunAnalysis:
+                device: str = "cpu", allow_live: bool = False) -> RunAnalysis:
     """Load a run (see `transferlab.load`), measure it on its pair (or another, by data
     `overrides`), and write analysis.json, tsne.png, confusion.png, confusion.csv and the
     projector files under tb/ into `out` (default: the run folder)."""
     diagnostics.require_extra()
     start, cpu_start = time.perf_counter(), time.process_time()
     run = Path(run_dir)
-    method = load(run, checkpoint, device)
+    method = load(run, checkpoint, device, allow_live)
     pair = run_pair(method, overrides)
     m = diagnostics.measure(method, pair, samples, seed, method.config.trainer.eval_batch_size)
     measured = time.perf_counter()
@@ -269,18 +289,21 @@ def analyze_run(run_dir: str | Path, out: str | Path | None = None,
 
 def analyze_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
                  samples: int = diagnostics.SAMPLES, seed: int = 0, overrides: Sequence[str] = (),
-                 checkpoint: str = "last", device: str = "cpu"
+                 checkpoint: str = "last", device: str = "cpu", allow_live: bool = False
                  ) -> tuple[list[RunAnalysis], Path | None]:
     """`analyze_run` for each run; with several, also one side-by-side t-SNE PNG (one row per
     run), written to `out` or to the runs' common parent folder. With `out` and several runs,
-    each run's files go to `out/<run folder name>`."""
+    each run's files go to `out/<run folder name>`. Every folder it will write is checked
+    first, so that nothing is computed for files that cannot be written."""
     runs = [Path(r) for r in run_dirs]
     folders: list[Path | None] = [Path(out) if out else None] * len(runs)
     if out and len(runs) > 1:
         names = [r.resolve().name for r in runs]
         folders = [Path(out) / (n if names.count(n) == 1 else f"{n}-{i}")
                    for i, n in enumerate(names)]
-    results = [analyze_run(r, f, samples, seed, overrides, checkpoint, device)
+    for run, folder in zip(runs, folders, strict=True):
+        check_writable(folder or run, "the folder", "write the analysis elsewhere with --out DIR")
+    results = [analyze_run(r, f, samples, seed, overrides, checkpoint, device, allow_live)
                for r, f in zip(runs, folders, strict=True)]
     if len(results) < 2:
         return results, None

@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 from transferlab import stops, sweeps
 from transferlab.config import CONFIG_DIR, check_choices, check_values, register_resolvers
 from transferlab.errors import UserError, find_user_error
+from transferlab.files import check_writable
 from transferlab.overrides import check_keys
-from transferlab.run_folder import check_free, check_writable, output_folder
+from transferlab.run_folder import check_free, output_folder
 from transferlab.version import __version__
 
 DEBUG_ENV = "TRANSFERLAB_DEBUG"
@@ -90,7 +91,8 @@ def main() -> None:
         check_keys(sys.argv[1:], CONFIG_DIR)
         if not any(a.split("=")[0] in SHOW_ONLY for a in sys.argv[1:]):
             folder = output_folder(sys.argv[1:])
-            check_writable(folder)
+            check_writable(folder, "the run folder", "choose a writable one with "
+                           "hydra.run.dir=... (with -m: hydra.sweep.dir=...)")
             check_free(folder)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

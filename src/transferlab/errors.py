@@ -15,16 +15,25 @@ class DataError(UserError):
     """Data files are missing, truncated or corrupted."""
 
 
+class BrokenInstall(UserError):
+    """torch or torchvision cannot be imported or do not match (see transferlab.install)."""
+
+
 def find_user_error(error: BaseException) -> UserError | None:
-    """The UserError behind `error`, also when a library (Hydra's instantiate) wrapped it."""
+    """The UserError behind `error`, also when a library (Hydra's instantiate) wrapped it; a
+    broken torch install is one too (the user's environment, told in one line)."""
+    from transferlab.install import diagnose
+
     seen: set[int] = set()
+    broken = None
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         if isinstance(current, UserError):
             return current
+        broken = diagnose(current) or broken  # the innermost cause says it best
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    return BrokenInstall(broken) if broken else None
 
 
 @contextmanager

@@ -24,21 +24,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="folder for evaluate.json (default: RUN_DIR)")
     parser.add_argument("--checkpoint", default="last", help="last (default) or best")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, ...")
+    parser.add_argument("--allow-live", action="store_true",
+                        help="evaluate a run still training, from its latest checkpoint")
     args = parser.parse_args(argv)
     with user_errors_exit():
         written = evaluate_command(args.run_dir, args.overrides, args.out, args.checkpoint,
-                                   args.device)
+                                   args.device, args.allow_live)
     print(f"wrote {written}")
 
 
 def evaluate_command(run_dir: Path, overrides: list[str], out: Path | None,
-                     checkpoint: str, device: str) -> Path:
+                     checkpoint: str, device: str, allow_live: bool = False) -> Path:
     from transferlab.api import evaluate_folder
-    from transferlab.files import write_json
+    from transferlab.files import check_writable, write_json
 
-    record, table = evaluate_folder(run_dir, overrides, checkpoint, device)
-    print(table)
     folder = out or run_dir
+    if run_dir.is_dir():
+        check_writable(folder, "the folder", "write evaluate.json elsewhere with --out DIR")
+    record, table = evaluate_folder(run_dir, overrides, checkpoint, device, allow_live)
+    print(table)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "evaluate.json"
     write_json(path, record)

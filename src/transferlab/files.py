@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,19 @@ def write_json(path: Path, record: Any, indent: int | None = 2) -> None:
     """JSON, indented, or with `indent=None` as compact as JSON goes (committed records)."""
     separators = (",", ":") if indent is None else None
     write_text(path, json.dumps(record, indent=indent, separators=separators) + "\n")
+
+
+def check_writable(folder: Path, what: str, instead: str) -> None:
+    """One line, instead of a traceback after the work is done, when `folder` (or the nearest
+    folder of it that exists) cannot be written: a read-only filesystem, no permission, a full
+    disk. `what` names the folder for the user, `instead` says how to write elsewhere."""
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write {what} {folder} ({e.strerror}: {existing}); "
+                        f"{instead}") from None
 
 
 def cache_folder(kind: str = "") -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -93,20 +92,6 @@ def output_folder(arguments: Sequence[str]) -> Path:
     given = [a.lstrip("+")[len(key):] for a in arguments if a.lstrip("+").startswith(key)]
     return Path(given[-1].split("${")[0].strip("'\"") if given
                 else "multirun" if multirun else "outputs")
-
-
-def check_writable(folder: Path) -> None:
-    """One line, instead of Hydra's traceback, when the run folder cannot be written (a
-    read-only filesystem, no permission): tried with a nameless file in the nearest folder
-    that exists."""
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write the run folder {folder} ({e.strerror}: {existing}); "
-                        "choose a writable one with hydra.run.dir=... (with -m: "
-                        "hydra.sweep.dir=...)") from None
 
 
 def check_free(folder: Path) -> None:

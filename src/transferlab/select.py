@@ -31,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.dir.is_dir():
             raise UserError(f"{args.dir} is not a directory")
+        from transferlab.files import check_writable
         from transferlab.selection import select
 
+        check_writable(args.out or args.dir, "the folder", "write the report elsewhere with "
+                       "--out DIR")
         select(args.dir, args.by, args.out, args.markdown, draw=not args.no_plot)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferlab.errors import UserError, user_errors_exit
+from transferlab.files import check_writable
 from transferlab.records import SUFFIX
 from transferlab.rules import OPERATIONAL_KEYS, REPORTS, flatten
 from transferlab.run_folder import PREDICTIONS, RESULTS, status_of
@@ -319,8 +321,11 @@ def plot(path: Path, groups: Sequence[Group]) -> str | None:
     return None
 
 
-def summarize(root: Path, draw: bool = True) -> list[Group]:
-    """Print the table and write summary.{csv,md,png} into `root`; returns the groups."""
+def summarize(root: Path, draw: bool = True, out: Path | None = None) -> list[Group]:
+    """Print the table and write summary.{csv,md,png} into `out` (default `root`); returns
+    the groups."""
+    out = out or root
+    out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(root)
     groups = group_runs(runs)
     shown = shown_metrics(runs)
@@ -331,16 +336,16 @@ def summarize(root: Path, draw: bool = True) -> list[Group]:
     print(f"\n{len(runs)} runs in {len(groups)} groups. {NOTE}")
     if failed:
         print(f"\n{len(failed)} runs did not complete:", *failed, sep="\n  ")
-    write_csv(root / "summary.csv", groups, root, metric_names(runs))
-    write_markdown(root / "summary.md", header(shown, higher), rows, failed, root)
+    write_csv(out / "summary.csv", groups, root, metric_names(runs))
+    write_markdown(out / "summary.md", header(shown, higher), rows, failed, root)
     written = ["summary.csv", "summary.md"]
     if draw:
-        skipped = plot(root / "summary.png", groups)
+        skipped = plot(out / "summary.png", groups)
         if skipped:
             print(f"summary.png skipped: {skipped}", file=sys.stderr)
         else:
             written.append("summary.png")
-    print(f"\nwrote {', '.join(written)} in {root}")
+    print(f"\nwrote {', '.join(written)} in {out}")
     return groups
 
 
@@ -351,14 +356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="a sweep directory (multirun/<date>/<time>) "
                         "or any folder with results.json files below it")
     parser.add_argument("--no-plot", action="store_true", help="skip summary.png")
+    parser.add_argument("--out", type=Path, help="where to write summary.* (default: DIR)")
     args = parser.parse_args(argv)
-    if not args.dir.is_dir():
-        print(f"error: {args.dir} is not a directory", file=sys.stderr)
-        return 2
-    if not load_runs(args.dir):
-        print(f"error: no results.json or run record below {args.dir}", file=sys.stderr)
-        return 2
-    summarize(args.dir, draw=not args.no_plot)
+    with user_errors_exit():
+        if not args.dir.is_dir():
+            raise UserError(f"{args.dir} is not a directory")
+        if not load_runs(args.dir):
+            raise UserError(f"no results.json or run record below {args.dir}")
+        check_writable(args.out or args.dir, "the folder", "write the summary elsewhere with "
+                       "--out DIR")
+        summarize(args.dir, draw=not args.no_plot, out=args.out)
     return 0
 
 
