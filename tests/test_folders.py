@@ -187,12 +187,32 @@ def test_a_valid_cache_is_used_without_decoding(tmp_path: Path, monkeypatch):
         image_store(files, "a", tmp_path / "cache", StorageOptions(size=24))
 
 
-def test_an_undecodable_file_is_named(tmp_path: Path):
+def test_every_undecodable_file_is_named_in_one_pass(tmp_path: Path):
     folder = make_image_folder(tmp_path / "a")
     (folder / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "owl" / "empty.png").write_bytes(b"")
     files = [f for f, _ in scan(folder, "s").train]
-    with pytest.raises(DataError, match=r"cannot decode .*broken\.jpg"):
+    with pytest.raises(DataError) as raised:
         image_store(files, "a", tmp_path / "cache", StorageOptions(size=24), channels=3)
+    message = str(raised.value)
+    assert message.startswith(f"cannot decode 2 of {len(files)} files of a: ")
+    assert "broken.jpg" in message and "empty.png" in message
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))  # nothing half-made is left
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path: Path):
+    make_image_folder(tmp_path / "a", classes=("cat",))
+    with pytest.raises(DataError, match=r"holds one class \(cat\): classification needs at "
+                                        "least two"):
+        scan(tmp_path / "a", "data.source")
+
+
+def test_a_split_that_leaves_a_class_without_test_images_is_refused(tmp_path: Path):
+    make_image_folder(tmp_path / "a", per_class=2)
+    listing = scan(tmp_path / "a", "data.source")
+    with pytest.raises(UserError, match=r"data\.test_fraction=0\.2 leaves no test image of "
+                                        r"class \w+ in .* \(2 images\)"):
+        load_listing(ctx(tmp_path), listing, StorageOptions(size=24), test_fraction=0.2)
 
 
 def test_mapped_and_in_memory_stores_give_identical_batches_and_metrics(tmp_path: Path):

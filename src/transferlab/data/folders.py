@@ -88,6 +88,9 @@ def scan(path: str | Path, key: str, name: str | None = None, layout: str = "aut
     if not classes:
         raise DataError(f"{key}.path={folder} holds no class folders with images "
                         f"({', '.join(sorted(EXTENSIONS))})")
+    if len(classes) < 2:
+        raise DataError(f"{key}.path={folder} holds one class ({classes[0]}): classification "
+                        "needs at least two; add a folder of images per class")
     return Listing(folder, name or folder.name, layout, classes, train, test)
 
 
@@ -184,9 +187,11 @@ def _stratified_split(labels: torch.Tensor, fraction: float, seed: int,
         rows = (labels == c).nonzero().squeeze(1)
         rows = rows[torch.randperm(len(rows), generator=generator)]
         count = round(fraction * len(rows))
-        if count == len(rows):
-            raise UserError(f"data.test_fraction={fraction} leaves no train image of class "
-                            f"{listing.classes[c]} in {listing.path} ({len(rows)} images)")
+        if count == len(rows) or count == 0:
+            which = "train" if count else "test"
+            raise UserError(f"data.test_fraction={fraction} leaves no {which} image of class "
+                            f"{listing.classes[c]} in {listing.path} ({len(rows)} images); "
+                            "add images of it or change data.test_fraction")
         test.append(rows[:count])
         train.append(rows[count:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values

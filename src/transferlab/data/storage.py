@@ -48,6 +48,7 @@ from transferlab.files import FileLock, commit, write_json
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MAX_BAD = 10  # undecodable files named in the message, before "and N more"
 FITS = ("stretch", "crop")
 CHANNEL_POLICIES = ("auto", 1, 3)
 # PIL modes of images without colour; anything else (palette images included) is stored as RGB.
@@ -205,11 +206,17 @@ def _build(files: Sequence[Path], name: str, path: Path, fingerprint: str,
 def _decode_into(file: Path, files: Sequence[Path], shape: tuple[int, int, int, int],
                  name: str, options: StorageOptions) -> None:
     out = np.memmap(file, dtype=np.uint8, mode="w+", shape=shape)
+    bad: list[str] = []  # every file that cannot be decoded, so one pass names them all
 
     def work(start: int) -> int:
         chunk = files[start : start + DECODE_CHUNK]
         for i, path in enumerate(chunk, start):
-            out[i] = decode(path, shape[3], options.size, options.fit).permute(1, 2, 0).numpy()
+            try:
+                image = decode(path, shape[3], options.size, options.fit)
+            except DataError as e:
+                bad.append(str(e).removeprefix("cannot decode ").split("; remove")[0])
+                continue
+            out[i] = image.permute(1, 2, 0).numpy()
         return len(chunk)
 
     with ThreadPoolExecutor(options.workers or os.cpu_count()) as pool, tqdm(
@@ -217,6 +224,11 @@ def _decode_into(file: Path, files: Sequence[Path], shape: tuple[int, int, int, 
         for done in pool.map(work, range(0, len(files), DECODE_CHUNK)):
             bar.update(done)
     out.flush()
+    if bad:
+        shown = "; ".join(sorted(bad)[:MAX_BAD]) + (
+            f"; and {len(bad) - MAX_BAD} more" if len(bad) > MAX_BAD else "")
+        raise DataError(f"cannot decode {len(bad)} of {len(files)} files of {name}: {shown}; "
+                        "remove or replace them")
 
 
 def _valid_meta(path: Path, fingerprint: str) -> dict | None:
