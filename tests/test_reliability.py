@@ -561,6 +561,8 @@ def test_real_keys_and_target_parameters_pass_the_key_check(overrides):
     (["+trainer.steps=3"], "+trainer.steps: trainer.steps is already in the config; set it "
                            "without the +"),
     (["method=dann", "method.lambda_gama=3"], "did you mean method.lambda_gamma?"),
+    # a key's parent is no suggestion: its siblings are named instead
+    (["+trainer.foo=1"], "trainer.foo is not a config key; trainer has batch_size, "),
 ])
 def test_unknown_keys_are_refused(overrides, message):
     with pytest.raises(UserError, match=re.escape(message)):
