@@ -242,3 +242,46 @@ def test_evaluate_hands_every_configured_evaluator_only_what_it_declared():
             assert (out.labels is not None) == (domain_of(split) == r.labels), (name, split)
             assert (out.features is not None) == r.uses_features, (name, split)
             assert (out.probe is not None) == r.probes, (name, split)
+
+
+def test_the_closed_form_parallel_fits_equal_autograd_fits_one_after_another():
+    """The density ratios iwv and dev read: the closed-form gradient and folds side by side
+    give the numbers autograd gives with the folds one after another."""
+    import torch.nn.functional as F
+
+    from transferlab.evaluation.importance import source_density_ratios
+    from transferlab.losses.density_ratio import density_ratio
+
+    g = torch.Generator().manual_seed(0)
+    source = torch.relu(torch.randn(300, 16, generator=g))
+    target = torch.relu(torch.randn(100, 16, generator=g) + 0.3)
+
+    def autograd_fit(s, t):
+        x = torch.cat([s, t]).double()
+        y = torch.cat([torch.zeros(len(s)), torch.ones(len(t))]).double()
+        mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+        z = (x - mean) / scale
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (F.binary_cross_entropy_with_logits(z @ w + b, y)
+                    + 0.5 / len(x) * w.square().sum())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return lambda rows: ((rows.double() - mean) / scale) @ w.detach() + b.detach()
+
+    fold_of = torch.randperm(300, generator=torch.Generator().manual_seed(0)) % 5
+    expected = torch.empty(300, dtype=torch.float64)
+    for k in range(5):
+        held = fold_of == k
+        score = autograd_fit(source[~held], target)(source[held])
+        logits = torch.stack([torch.zeros_like(score), score], 1)
+        expected[held] = density_ratio(logits, int((~held).sum()), 100)
+    torch.set_num_threads(2)
+    torch.testing.assert_close(source_density_ratios(source, target, 5, 0), expected,
+                               rtol=1e-9, atol=0)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.errors import UserError
-from transferlab.rules import KINDS, REPORTS, SCHEMA, Rule
+from transferlab.rules import KINDS, PHOTO_SIZE, REPORTS, SCHEMA, Rule
 from transferlab.sweeps import threads_per_job
 
 
@@ -114,6 +114,35 @@ def register_resolvers() -> None:
     # `${objective_direction:${objective}}`: "maximize" or "minimize", as the sweepers take it.
     if not OmegaConf.has_resolver("objective_direction"):
         OmegaConf.register_new_resolver("objective_direction", objective_direction)
+    # `${input_size:}`: the image side the chosen backbone expects; `${storage_size_for:N}`: the
+    # side image folders are stored at for N-pixel inputs (conf/data/folders.yaml).
+    if not OmegaConf.has_resolver("input_size"):
+        OmegaConf.register_new_resolver("input_size", backbone_input_size)
+    if not OmegaConf.has_resolver("storage_size_for"):
+        OmegaConf.register_new_resolver("storage_size_for", storage_size_for)
+
+
+def backbone_input_size(_root_: DictConfig) -> int:
+    """The side of the images the chosen backbone is made for: the default of its builder's
+    `image_size` (28 for the digit CNNs, 224 for ResNets), or for a timm model its pretrained
+    configuration's input size."""
+    node = _root_.backbone
+    target = get_object(node._target_)
+    if node._target_.endswith(".timm_model"):
+        try:
+            import timm
+
+            return int(timm.models.get_pretrained_cfg(node.name).input_size[-1])
+        except (ImportError, AttributeError, RuntimeError):
+            pass
+    default = inspect.signature(target).parameters.get("image_size")
+    return int(default.default) if default and isinstance(default.default, int) else 224
+
+
+def storage_size_for(input_size: int) -> int:
+    """Photos (inputs above PHOTO_SIZE) are stored at ImageNet's 256 for 224 and cropped at
+    random; digit-sized inputs are stored at their size and not cropped."""
+    return round(input_size * 256 / 224) if input_size > PHOTO_SIZE else input_size
 
 
 def objective_direction(name: str, _root_: DictConfig) -> str:

@@ -24,7 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.allocator import tune_malloc
 from transferlab.checkpoint import Checkpointer
-from transferlab.config import objective_direction, register_resolvers, validate
+from transferlab.config import (
+    backbone_input_size,
+    objective_direction,
+    register_resolvers,
+    validate,
+)
 from transferlab.data.domain import DomainPair, as_input
 from transferlab.denormals import flush_denormals
 from transferlab.errors import UserError
@@ -80,10 +85,27 @@ def versions() -> dict[str, str]:
 
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[DomainPair, Method]:
-    """The pair and the untrained method of `cfg`, on `device`."""
+    """The pair and the untrained method of `cfg`, on `device` (compiled with
+    `trainer.compile`)."""
     pair: DomainPair = instantiate(cfg.data).to(device)
-    return pair, build_method(cfg, model_shape(pair)).to(device,
-                                                          memory_format=torch.channels_last)
+    method = build_method(cfg, model_shape(pair)).to(device, memory_format=torch.channels_last)
+    if OmegaConf.select(cfg, "trainer.compile", default=False):
+        compile_networks(method, cfg.trainer.compile_mode, cfg.trainer.compile_backend)
+    return pair, method
+
+
+def compile_networks(method: Method, mode: str | None, backend: str) -> None:
+    """torch.compile, in place, the networks whose forward the method calls: the classifier's
+    encoder and head, and every other network it holds (discriminators, ADDA's target encoder,
+    MCD's second head). In place, their state-dict keys, and so checkpoints, stay as they are;
+    what the update does around them (losses, backward, the optimizer step) runs as it is."""
+    import torch._inductor.config as inductor
+
+    inductor.deterministic = torch.are_deterministic_algorithms_enabled()
+    others = [m for name, m in method.named_children() if name != "network"]
+    for module in [method.network.encoder, method.network.head, *others]:
+        if any(True for _ in module.parameters()):
+            module.compile(mode=mode, backend=backend)
 
 
 def build_method(cfg: DictConfig, shape: dict[str, int]) -> Method:
@@ -198,12 +220,26 @@ def _record_setup(folder: RunFolder, cfg: DictConfig, pair: DomainPair, method: 
     sample = as_input(next(pair.evaluation_batches(pair.source.train, 1)),
                       method.network.in_channels, method.network.normalization)
     check_batch_fits(method.network, sample, cfg.trainer.batch_size)
+    warn_of_size_mismatch(cfg, pair.image_size)
     folder.update(machine=machine(device), code_version=code_version(),
                   data_fingerprint=data_fingerprint(pair.splits()),
                   model=model_shape(pair), uses_target_labels=method.uses_target_labels,
                   precision={"train": training_precision(cfg.trainer.precision, device),
                              "eval": "fp32"},
                   evaluators={n: e.describe() for n, e in evaluators.items()})
+
+
+def warn_of_size_mismatch(cfg: DictConfig, side: int) -> None:
+    """Once, where the data's image side is far from the one the backbone is made for: a
+    larger side multiplies every step's compute, a much smaller one starves the backbone."""
+    expected = backbone_input_size(cfg)
+    if expected / 2 <= side <= expected * 2:
+        return
+    cost = (side / expected) ** 2
+    log.warning(f"backbone {cfg.backbone._target_.rsplit('.', 1)[-1]} is made for {expected} px "
+                f"images but the data gives it {side} px: each step computes about "
+                f"{cost:.2g}× what its own size needs (data.augment.size, data.storage_size "
+                "and data.image_size set the size)")
 
 
 def _train(cfg: DictConfig, out_dir: Path, folder: RunFolder, pair: DomainPair,

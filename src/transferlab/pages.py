@@ -20,7 +20,8 @@ and everything between them is rewritten from the plan's records in results/. Ki
 - `provenance PLAN`: how many records, their size, and the code versions and machines they
   ran on, so that rows from different code or machines say so.
 - `analysis FILE...`: `transferlab.analyze` records (analysis.json) side by side;
-  `bench FILE`: a `scripts/bench.py --json` record.
+  `bench FILE`: a `scripts/bench.py --json` record; `bench_runs FILE`: a
+  `scripts/bench_runs.py --json` record.
 A cell without records says so and gives the command that makes them.
 `tests/test_pages.py` rebuilds every page and fails when a committed one differs.
 """
@@ -194,6 +195,39 @@ def bench(file: Path) -> list[str]:
     return lines
 
 
+def bench_runs(file: Path) -> list[str]:
+    """A `scripts/bench_runs.py --json` record: start-up, evaluation's share, folders, compile."""
+    r = json.loads(Path(file).read_text())
+    start, ev, img, comp = r["startup"], r["evaluation"], r["images_per_s"], r["compile"]
+    rows = [
+        ("`python -m transferlab --help`", f"{start['help']['wall_s']} s wall, "
+         f"{start['help']['cpu_s']} s CPU", "≤ 1.5 s"),
+        ("a refused bad value (`trainer.steps=-5`)", f"{start['refused_bad_value']['wall_s']} s "
+         f"wall, {start['refused_bad_value']['cpu_s']} s CPU", "≤ 1.5 s"),
+        ("process start to the first training step (MNIST→MNIST-M, caches warm)",
+         f"{start['first_training_step_s']} s", "≤ 3 s"),
+        (f"one evaluation with the default validators (reports alone {ev['reports_s']} s)",
+         f"{ev['evaluation_s']} s", ""),
+        ("evaluation's share of a default 10,000-step DANN run "
+         f"({ev['evaluations_per_default_run']} evaluations)",
+         f"{100 * ev['share_of_default_run']:.1f}%", "≤ 5%"),
+        ("DANN images/s: MNIST→MNIST-M in memory; the same digits as PNG folders",
+         f"{img['mnist_mnistm']}; {img['digit_folders']} ({img['folders_over_memory']:.2f}×)",
+         "folders ≥ 0.8×"),
+        ("DANN steps/s: eager; `trainer.compile=true` (inductor)",
+         f"{comp['eager_steps_per_s']}; {comp['compiled_steps_per_s']} "
+         f"({comp['speed_up']:.2f}×)", ""),
+    ]
+    lines = [f"`{r['command']}` on {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+             f"torch {r['machine']['torch']}:", "", "| figure | measured | goal |",
+             "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    parts = ", ".join(f"`{n}` {v:+.2f}" for n, v in ev["validators_s"].items())
+    lines += ["", f"Each validator's part of an evaluation, in seconds beyond the reports': "
+              f"{parts} (`iwv` and `dev` share one fit when both are measured)."]
+    return lines
+
+
 def selection(plan: Plan) -> list[str]:
     from transferlab.study_report import report
 
@@ -203,14 +237,14 @@ def selection(plan: Plan) -> list[str]:
 KINDS: dict[str, Callable[..., list[str]]] = {"table": table, "details": details,
                                                "provenance": provenance,
                                                "selection": selection, "analysis": analysis,
-                                               "bench": bench}
+                                               "bench": bench, "bench_runs": bench_runs}
 
 
 def build(spec: str, root: Path) -> list[str]:
     kind, plan_path, *args = shlex.split(spec)
     if kind not in KINDS:
         raise UserError(f"unknown generated block {kind!r}; valid: {', '.join(KINDS)}")
-    if kind in ("analysis", "bench"):  # records that are files of their own
+    if kind in ("analysis", "bench", "bench_runs"):  # records that are files of their own
         return KINDS[kind](*(root / a for a in (plan_path, *args)))
     plan = load_plan(root / plan_path)
     for setting in args:

@@ -13,6 +13,9 @@ from transferlab.errors import UserError
 # The two reports every run makes (each domain's test accuracy); everything else an evaluation
 # measures is a validator chosen by config (conf/evaluation).
 REPORTS = ("source_acc", "target_acc")
+# Inputs larger than this are photos (stored larger, cropped and flipped at random, as for
+# ImageNet); at or below it, digit-sized images (stored at their size, not augmented).
+PHOTO_SIZE = 64
 
 KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -119,6 +122,11 @@ SCHEMA: dict[str, Rule] = {
     "trainer.stage_cache": Rule(str, nullable=True),
     "trainer.malloc_tuning": Rule(bool),
     "trainer.flush_denormal": Rule(bool),
+    "trainer.compile": Rule(bool),
+    "trainer.compile_mode": Rule(str, nullable=True,
+                                 choices=("default", "reduce-overhead", "max-autotune",
+                                          "max-autotune-no-cudagraphs")),
+    "trainer.compile_backend": Rule(str, choices=("inductor", "aot_eager", "eager")),
     "trainer.optimizer.lr": Rule(float, min=0),
     "trainer.lr_schedule.alpha": Rule(float, min=0),
     "trainer.lr_schedule.beta": Rule(float, min=0),

@@ -165,6 +165,7 @@ class _Loop:
         self.start = time.perf_counter() - (self.history[-1]["time_s"] if self.history else 0.0)
         self.logged: Logged | None = None  # what a stage that will be stored logs
         self.started = False  # whether this invocation has made a step yet
+        self.timed_from, self.timed_at = -1, 0.0  # the step after which the speed is timed
         self.bar = tqdm(total=self.total, initial=self.step, disable=not cfg.progress_bar,
                         dynamic_ncols=True)
 
@@ -221,6 +222,8 @@ class _Loop:
             self.finite.update(scalars, self.step)
             if not self.started:
                 self._announce_start()
+            if self.step == self.timed_from + TIMED_STEPS:
+                self._announce_time_left()
             self._after_step(current, scalars)
         if self.stage_cache and current.key and self.logged is not None:
             self.finite.raise_if_bad(None)  # never store a stage that went NaN
@@ -248,9 +251,18 @@ class _Loop:
     def _announce_start(self) -> None:
         """How long the start took: from the process's start to this invocation's first step."""
         self.started = True
+        self.timed_from, self.timed_at = self.step, time.perf_counter()
         age = process_age()
         if age is not None:
             log.info(f"step {self.step} done {age:.2f} s after the process started")
+
+    def _announce_time_left(self) -> None:
+        """The progress bar's estimate, in the log at the start, where a 40-hour run is seen
+        at once (evaluations not counted)."""
+        rate = TIMED_STEPS / (time.perf_counter() - self.timed_at)
+        left = (self.total - self.step) / rate
+        log.info(f"{rate:.3g} steps/s: the remaining {self.total - self.step:,} steps take "
+                 f"about {_duration(left)} at this speed")
 
     def _log_step(self, stage: Stage, scalars: Mapping[str, Tensor | float]) -> None:
         values = {k: float(v.detach() if isinstance(v, Tensor) else v)
@@ -318,6 +330,14 @@ class _Loop:
         if self.checkpointer and self.checkpointer.exists():
             return str(self.checkpointer.path)
         return None
+
+
+TIMED_STEPS = 20  # steps timed for the estimate of the time left
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
 
 
 def probabilities(logits: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transferlab.errors import UserError
+from transferlab.rules import PHOTO_SIZE
 
 ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, torchvision's rgb_to_grayscale
@@ -32,6 +33,13 @@ class CropParams:
     boxes: Tensor  # (n, 4) int64
     flip: Tensor  # (n,) bool
     jitter: Tensor | None  # (n, 3) float
+
+
+def for_input(size: int, photo_size: int = PHOTO_SIZE, **options: object) -> Augment | None:
+    """The augmentation of folder data for a backbone taking `size`-pixel inputs: `Augment`
+    (random resized crops at `size`, flips, ...) for photos, none for digit-sized inputs (at
+    most `photo_size` pixels), where a random crop of a tenth of the image cuts the digit."""
+    return Augment(size, **options) if size > photo_size else None  # type: ignore[arg-type]
 
 
 class Augment:

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,20 +154,21 @@ def decode(path: Path, channels: int, size: int, fit: str) -> Tensor:
     return resize(image, size)[0]
 
 
-def stored_channels(files: Sequence[Path], workers: int | None) -> int:
-    """1 if every file is greyscale (by its header), else 3: colour is never thrown away, and
-    a grey image among colour ones is stored as RGB (grey repeated)."""
+def headers(files: Sequence[Path], workers: int | None) -> tuple[bool, int]:
+    """From the files' headers: whether every image is greyscale (a grey image among colour
+    ones is stored as RGB, grey repeated: colour is never thrown away), and the longest side
+    of any image (0 where PIL cannot read a header)."""
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        grey = all(pool.map(_is_grey, files, chunksize=DECODE_CHUNK))
-    return 1 if grey else 3
+        found = list(pool.map(_header, files, chunksize=DECODE_CHUNK))
+    return all(grey for grey, _ in found), max((side for _, side in found), default=0)
 
 
-def _is_grey(path: Path) -> bool:
+def _header(path: Path) -> tuple[bool, int]:
     try:
         with Image.open(path) as image:  # reads the header only
-            return image.mode in GREY_MODES
+            return image.mode in GREY_MODES, max(image.size)
     except (UnidentifiedImageError, OSError):
-        return False  # a format PIL does not know (torchvision may): store it as colour
+        return False, 0  # a format PIL does not know (torchvision may): store it as colour
 
 
 def _fingerprint(files: Sequence[Path], options: StorageOptions, channels: int | str) -> str:
@@ -187,8 +188,14 @@ def _build(files: Sequence[Path], name: str, path: Path, fingerprint: str,
            options: StorageOptions, policy: int | str) -> dict:
     """Decode every file into a temporary cache file with a pool of threads (torchvision's
     decoders and torch's resize release the GIL), then digest it and move it into place."""
-    channels = policy if policy != "auto" else stored_channels(files, options.workers)
-    shape = (len(files), options.size, options.size, channels)
+    grey, largest = headers(files, options.workers)
+    channels = policy if policy != "auto" else (1 if grey else 3)
+    size = min(options.size, largest) if largest else options.size
+    if size < options.size:
+        log.info(f"storing {name} at {size} px, its largest image's side, not the "
+                 f"{options.size} px data.storage_size asks for: a larger store adds no detail")
+    options = replace(options, size=size)
+    shape = (len(files), size, size, channels)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         _decode_into(tmp, files, shape, name, options)

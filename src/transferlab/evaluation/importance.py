@@ -17,6 +17,7 @@ not be held out). The same weights serve IWV.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -55,28 +56,32 @@ def fit_domain_classifier(source: Tensor, target: Tensor, l2: float | None = Non
     mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / scale
     penalty = 1.0 / len(x) if l2 is None else l2
-    weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(x.shape[1], dtype=torch.float64)
+    bias = torch.zeros((), dtype=torch.float64)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = (F.binary_cross_entropy_with_logits(z @ weight + bias, is_target)
+        # The loss and its gradient in closed form, as autograd would compute them: the
+        # mean log-loss's gradient is zᵀ(σ(s) − y) / N. Half the time of a backward pass.
+        scores = z @ weight + bias
+        residual = (torch.sigmoid(scores) - is_target) / len(z)
+        weight.grad = residual @ z + penalty * weight
+        bias.grad = residual.sum()
+        return (F.binary_cross_entropy_with_logits(scores, is_target)
                 + 0.5 * penalty * weight.square().sum())
-        loss.backward()
-        return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         optimizer.step(closure)
-    return LogisticRegression(mean, scale, weight.detach(), bias.detach())
+    return LogisticRegression(mean, scale, weight, bias)
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """The fits are a few dozen small matrix products each: waking torch's other threads for
+    """The fits are a few hundred small matrix products each: waking torch's other threads for
     every one costs more than it saves, badly so on a busy machine (a tiny-pair evaluation:
-    0.1 s on one thread, 5 s on two on an oversubscribed 2-core machine)."""
+    0.1 s on one thread, 5 s on two on an oversubscribed 2-core machine); the folds run side by
+    side instead, one thread each."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -94,10 +99,14 @@ def source_density_ratios(source: Tensor, target: Tensor, folds: int = 5,
     fold_of = torch.randperm(len(source), generator=g) % folds
     ratios = torch.empty(len(source), dtype=torch.float64)
     source = source.detach().cpu()
-    with one_thread():
-        for k in range(folds):
-            held_out = fold_of == k
-            fitted = fit_domain_classifier(source[~held_out], target)
-            ratios[held_out] = density_ratio(fitted.logits(source[held_out]),
-                                             int((~held_out).sum()), len(target))
+    workers = torch.get_num_threads()  # the folds side by side, one thread each
+
+    def fold(k: int) -> None:
+        held_out = fold_of == k
+        fitted = fit_domain_classifier(source[~held_out], target)
+        ratios[held_out] = density_ratio(fitted.logits(source[held_out]),
+                                         int((~held_out).sum()), len(target))
+
+    with one_thread(), ThreadPoolExecutor(max(1, min(workers, folds))) as pool:
+        list(pool.map(fold, range(folds)))  # each fold writes its own rows
     return ratios
