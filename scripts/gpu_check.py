@@ -9,7 +9,8 @@ table:
      --data-root ($TRANSFERLAB_DATA), else on the generated tiny pair;
   2. a kill-and-resume: a DANN run SIGKILLed after its first checkpoint and rerun, against the
      same run uninterrupted (final metrics compared);
-  3. the speed benchmark, scripts/bench.py, on the GPU.
+  3. trainer.compile: DANN eager, compiled, and compiled with CUDA graphs, timed;
+  4. the speed benchmark, scripts/bench.py, on the GPU.
 Each training run is a real `python -m transferlab` process, as a user runs it.
 """
 
@@ -106,6 +107,26 @@ def benchmark(data_root: Path, device: str, out: Path) -> dict:
             "figures": figures}
 
 
+def compiled_steps(common: list[str], steps: int, out: Path) -> list[dict]:
+    """DANN trained eager, compiled, and compiled with CUDA graphs (reduce-overhead): the
+    seconds of each run (compilation included) and its target accuracy, which should agree."""
+    rows = []
+    for label, extra in (("dann eager", []), ("dann compiled", ["trainer.compile=true"]),
+                         ("dann compiled, cudagraphs", ["trainer.compile=true",
+                                                        "trainer.compile_mode=reduce-overhead"])):
+        run_dir = out / label.replace(" ", "_").replace(",", "")
+        start = time.time()
+        result = transferlab(*common, "method=dann", f"trainer.steps={steps}",
+                             f"trainer.eval_every={steps}", "trainer.precision=fp32", *extra,
+                             f"hydra.run.dir={run_dir}", timeout=600)
+        done = result.returncode == 0
+        rows.append({"check": label, "status": "completed" if done else "failed",
+                     "target_acc": record(run_dir)["metrics"]["target_acc"] if done else None,
+                     "seconds": time.time() - start,
+                     "error": "" if done else result.stderr.strip()[-200:]})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -132,6 +153,7 @@ def main() -> int:
         out = Path(tmp)
         rows = train_everything(common, args.steps, out, args.jobs)
         rows.append(kill_and_resume(common, 3 * max(args.steps // 3, 1), out))
+        rows += compiled_steps(common, 10 * args.steps, out)
         rows.append(benchmark(args.data_root, args.device, out))
     print(f"\n{'check':<28}{'status':<16}{'target acc':>11}{'seconds':>9}  error")
     for row in rows:
