@@ -129,6 +129,13 @@ BUGS = [
     Bug("vat-random-direction", "VAT perturbs in a random direction, not the adversarial one",
         "src/transferlab/losses/vat.py", "return radius * d",
         "return radius * _unit(torch.randn_like(x))", ("tests/test_discrepancy_vat.py",)),
+    Bug("vat-hessian-without-softmax-curvature", "VAT's H d without the softmax's curvature "
+        "(Jᵀ J d)", "src/transferlab/losses/vat.py",
+        "curvature = p * jd - p * (p * jd).sum(1, keepdim=True)", "curvature = jd",
+        ("tests/test_discrepancy_vat.py",)),
+    Bug("vada-statistics-from-every-pass", "VADA's batch-norm statistics from every pass",
+        "src/transferlab/methods/vada.py", 'if self.bn_statistics == "all":', "if True:",
+        ("tests/test_discrepancy_vat.py",)),
     Bug("dirtt-teacher-never-set", "DIRT-T's teacher not copied from the moving average",
         "src/transferlab/methods/dirtt.py",
         "self.teacher.load_state_dict(self.average.state_dict())", "pass",

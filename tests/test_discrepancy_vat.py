@@ -45,7 +45,7 @@ def _model(seed: int = 0) -> nn.Module:
 
 def test_vat_perturbation_has_the_configured_norm_per_sample():
     model, x = _model(), torch.randn(6, 3, 8, 8, dtype=torch.double)
-    r = adversarial_perturbation(model, x, model(x), radius=3.5, xi=1e-6)
+    r = adversarial_perturbation(model, x, model(x), radius=3.5)
     assert r.shape == x.shape
     torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((6,), 3.5,
                                                                     dtype=torch.double))
@@ -55,7 +55,7 @@ def test_vat_perturbation_beats_random_directions_of_the_same_norm():
     model, x = _model(1), torch.randn(8, 3, 8, 8, dtype=torch.double)
     logits = model(x)
     radius = 0.5
-    r = adversarial_perturbation(model, x, logits, radius=radius, xi=1e-6)
+    r = adversarial_perturbation(model, x, logits, radius=radius)
     adversarial = kl_divergence(logits, model(x + r))
     for _ in range(20):
         d = torch.randn_like(x)
@@ -72,7 +72,7 @@ def test_power_iteration_finds_the_top_eigenvector_of_the_divergence_hessian():
     w = linear.weight.detach()
     hessian = w.t() @ (torch.diag(p) - torch.outer(p, p)) @ w
     top = torch.linalg.eigh(hessian).eigenvectors[:, -1]
-    r = adversarial_perturbation(linear, x, linear(x), radius=1.0, xi=1e-6, iterations=30)
+    r = adversarial_perturbation(linear, x, linear(x), radius=1.0, iterations=30)
     assert abs(torch.dot(r[0], top).item()) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -88,3 +88,65 @@ def test_vat_loss_is_the_divergence_at_the_perturbed_point_from_the_fixed_predic
     logits_leaf = logits.detach().requires_grad_(True)
     vat_loss(model, x, logits_leaf, radius=1.0).backward()
     assert logits_leaf.grad is None
+
+
+def test_the_power_iteration_direction_in_float32_is_the_float64_one():
+    """H d computed exactly (forward-mode J d, backward Jᵀ ·) in float32 points where the
+    paper's finite difference points in float64, where ξ = 1e-6 does not round away; the same
+    finite difference in float32 is rounding noise (or zero)."""
+    import copy
+
+    from transferlab.losses.vat import _unit, divergence_hessian_product
+    from transferlab.nn.backbones import dann_mnist
+
+    torch.manual_seed(0)
+    net = dann_mnist(in_channels=3, num_classes=10).eval()
+    x = torch.rand(16, 3, 28, 28) * 2 - 1
+    net64, x64 = copy.deepcopy(net).double(), x.double()
+    with torch.no_grad():
+        logits32, logits64 = net(x), net64(x64)
+    d = _unit(torch.randn_like(x64))
+
+    def finite_difference(model, inputs, logits, direction, xi):
+        direction = direction.clone().requires_grad_(True)
+        divergence = kl_divergence(logits, model(inputs + xi * direction)).sum()
+        return torch.autograd.grad(divergence, direction)[0]
+
+    def cosine(a, b):
+        a, b = a.double().flatten(1), b.double().flatten(1)
+        return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)).abs()
+
+    reference = finite_difference(net64, x64, logits64, d, 1e-6)
+    exact = divergence_hessian_product(net, x, d.float(), logits32)
+    assert cosine(exact, reference).min() > 0.999
+    rounded = finite_difference(net, x, logits32, d.float(), 1e-6)
+    assert cosine(rounded, reference).median() < 0.5
+
+
+def test_vada_keeps_batch_norm_statistics_to_the_target_passes():
+    from helpers import compose_config
+    from steps import batches
+    from transferlab.experiment import build
+    from transferlab.nn.norms import batch_norm_layers
+
+    def running_after_one_update(statistics: str, source_only: bool = False):
+        torch.manual_seed(0)
+        # dann_mnist with batch norm: no noise or dropout, so a pass is the same pass twice
+        pair, method = build(compose_config("data=tiny", "device=cpu", "method=vada",
+                                            "backbone.batch_norm=true",
+                                            f"method.bn_statistics={statistics}"),
+                             torch.device("cpu"))
+        (stage,) = method.stages(pair.training_view(False))
+        batch = {k: (x.float(), y) for k, (x, y) in batches(pair, n=8).items()}
+        if source_only:  # the target pass alone, as the running statistics should see it
+            method.network.train()
+            method.network.features(batch["target"][0])
+        else:
+            stage.update(batch, 0.0)
+        return [m.running_mean.clone() for m in batch_norm_layers(method.network)]
+
+    target_pass = running_after_one_update("target", source_only=True)
+    for kept, expected in zip(running_after_one_update("target"), target_pass, strict=True):
+        torch.testing.assert_close(kept, expected)
+    every_pass = running_after_one_update("all")
+    assert any(not torch.allclose(a, b) for a, b in zip(every_pass, target_pass, strict=True))

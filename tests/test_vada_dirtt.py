@@ -59,8 +59,8 @@ def test_vada_update_follows_its_equation():
             p -= p.grad
     # ...then the classifier: its encoder fools the updated discriminator (labels swapped).
     torch.manual_seed(7)  # VAT's random starts, target first as in the update
-    target_vat = vat_loss(net, xt, lt, radius=3.5, xi=1e-6)
-    source_vat = vat_loss(net, xs, ls, radius=3.5, xi=1e-6)
+    target_vat = vat_loss(net, xt, lt, radius=3.5)
+    source_vat = vat_loss(net, xs, ls, radius=3.5)
     swapped = F.cross_entropy(discriminator(torch.cat([fs, ft])), 1 - domains)
     loss = (F.cross_entropy(ls, ys) + 0.3 * swapped + 0.7 * source_vat
             + 0.2 * (entropy(lt).mean() + target_vat))

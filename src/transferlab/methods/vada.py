@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,7 @@ from transferlab.methods.base import (
 )
 from transferlab.nn import DomainDiscriminator
 from transferlab.nn.discriminator import SOURCE, TARGET
+from transferlab.nn.norms import running_statistics_kept
 from transferlab.rules import Rule
 
 
@@ -49,15 +51,17 @@ class VADA(Method):
     takes_regularizers = True
     limits: ClassVar = {"lambda_d": Rule(float, min=0), "lambda_s": Rule(float, min=0),
                         "lambda_t": Rule(float, min=0), "radius": Rule(float, min=0),
-                        "xi": Rule(float, min=1e-12), "ema_decay": Rule(float, min=0, max=1)}
+                        "ema_decay": Rule(float, min=0, max=1),
+                        "bn_statistics": Rule(str, choices=("target", "all"))}
 
     def __init__(self, train_optimizer: OptimizerFactory, lambda_d: float = 1e-2,
                  lambda_s: float = 1.0, lambda_t: float = 1e-2, radius: float = 3.5,
-                 xi: float = 1e-6, ema_decay: float = 0.998,
+                 ema_decay: float = 0.998, bn_statistics: str = "target",
                  domain_hidden: Sequence[int] = (100,), **common: Any) -> None:
         super().__init__(**common)
         self.lambda_d, self.lambda_s, self.lambda_t = lambda_d, lambda_s, lambda_t
-        self.radius, self.xi, self.ema_decay = radius, xi, ema_decay
+        self.radius, self.ema_decay = radius, ema_decay
+        self.bn_statistics = bn_statistics
         self.make_train_optimizer = train_optimizer
         self.discriminator = DomainDiscriminator(self.network.feature_dim, domain_hidden)
         self.average = copy.deepcopy(self.network).requires_grad_(False)
@@ -65,7 +69,7 @@ class VADA(Method):
         # optimizer: a VADA run's stage is a DIRT-T run's first stage (see stage_cache).
         self.vada_settings = {
             "update": "vada", "lambda_d": lambda_d, "lambda_s": lambda_s, "lambda_t": lambda_t,
-            "radius": radius, "xi": xi, "ema_decay": ema_decay,
+            "radius": radius, "ema_decay": ema_decay, "bn_statistics": bn_statistics,
             "regularizers": {name: {"class": type(r).__name__, **vars(r)}
                              for name, r in self.regularizers.items()}}
 
@@ -83,7 +87,9 @@ class VADA(Method):
 
     def update(self, batch: Batch, progress: float) -> dict[str, Tensor]:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
-        source_features, target_features = self.network.features(xs), self.network.features(xt)
+        with self.statistics_kept():
+            source_features = self.network.features(xs)
+        target_features = self.network.features(xt)
         source_logits = self.network.head(source_features)
         target_logits = self.network.head(target_features)
         features = torch.cat([source_features, target_features])
@@ -111,7 +117,16 @@ class VADA(Method):
         return scalars
 
     def vat(self, x: Tensor, logits: Tensor) -> Tensor:
-        return vat_loss(self.network, x, logits, self.radius, self.xi)
+        with self.statistics_kept():
+            return vat_loss(self.network, x, logits, self.radius)
+
+    def statistics_kept(self) -> AbstractContextManager[None]:
+        """With `bn_statistics: target`, as the official code: batch-norm layers normalise the
+        passes in this block by their own batch but leave the running statistics (what
+        evaluation uses) to the target passes. With `all`, every pass updates them."""
+        if self.bn_statistics == "all":
+            return nullcontext()
+        return running_statistics_kept(self.network)
 
     @torch.no_grad()
     def update_average(self) -> None:

@@ -53,29 +53,31 @@ class GaussianNoise(nn.Module):
         return x + self.std * torch.randn_like(x) if self.training else x
 
 
-def _conv3(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+def _conv3(c_in: int, c_out: int, momentum: float) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out, momentum=momentum),
             nn.LeakyReLU(0.1, inplace=True)]
 
 
 def dirtt_small(in_channels: int, num_classes: int, image_size: int = 32,
                 instance_norm: bool = True, dropout: float = 0.5, noise: float = 1.0,
+                bn_momentum: float = 0.01,
                 lr_mult: Mapping[str, float] | None = None) -> Classifier:
     """The digit network of the DIRT-T paper ("small", appendix and official code
     github.com/RuiShu/dirt-t, codebase/models/nns/small.py): instance-normalised input →
     3 × conv 3x3x64 (batch norm, leaky ReLU 0.1) → maxpool 2 → dropout → Gaussian noise →
     the same again → features, which the domain discriminator sees (the code's trim = 5); the
-    head is 3 × conv 3x3x64 → global average pool → linear."""
-    width = 64
+    head is 3 × conv 3x3x64 → global average pool → linear. Batch norm's running statistics
+    move by `bn_momentum` per batch (TensorFlow's decay 0.99 in the official code)."""
+    width, m = 64, bn_momentum
     side = image_size // 4
     encoder = nn.Sequential(
         *([nn.InstanceNorm2d(in_channels)] if instance_norm else []),
-        *_conv3(in_channels, width), *_conv3(width, width), *_conv3(width, width),
+        *_conv3(in_channels, width, m), *_conv3(width, width, m), *_conv3(width, width, m),
         nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
-        *_conv3(width, width), *_conv3(width, width), *_conv3(width, width),
+        *_conv3(width, width, m), *_conv3(width, width, m), *_conv3(width, width, m),
         nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise), nn.Flatten())
-    head = nn.Sequential(nn.Unflatten(1, (width, side, side)), *_conv3(width, width),
-                         *_conv3(width, width), *_conv3(width, width),
+    head = nn.Sequential(nn.Unflatten(1, (width, side, side)), *_conv3(width, width, m),
+                         *_conv3(width, width, m), *_conv3(width, width, m),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
     return Classifier(encoder, num_classes, in_channels=in_channels, image_size=image_size,
                       lr_mult=lr_mult, head=head)
