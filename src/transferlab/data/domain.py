@@ -169,11 +169,15 @@ DomainLoader = Callable[[DataContext], Domain]
 class TrainingView:
     """What a method trains on: the training splits only, never a test or validation split.
     `target` labels are -1 unless the method uses target labels by design (the oracle,
-    few-shot fine-tuning), so unsupervised adaptation code cannot read them by mistake."""
+    few-shot fine-tuning), so unsupervised adaptation code cannot read them by mistake.
+    `as_evaluated` turns a batch of a split's images into what evaluation feeds the network
+    (the centre crop where the pair augments), for methods that predict on a whole split
+    while training (SHOT's pseudo-labels)."""
 
     source: Split
     target: Split
     num_classes: int
+    as_evaluated: Callable[[Tensor], Tensor] = lambda images: images
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ class DomainPair:
 
     def training_view(self, target_labels: bool) -> TrainingView:
         target = self.target.train if target_labels else unlabelled(self.target.train)
+        if self.augment:
+            return TrainingView(self.source.train, target, self.num_classes, self.augment.center)
         return TrainingView(self.source.train, target, self.num_classes)
 
     def to(self, device: torch.device | str) -> DomainPair:
