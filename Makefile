@@ -15,10 +15,11 @@ test:
 lint:
 	$(PYTHON) -m ruff check .
 
-# Every method in conf/method/ for a few steps on the tiny generated pair, on CPU.
+# Every method in conf/method/ for a few steps on the tiny generated pair, on CPU, the backbone
+# with batch norm (AdaBN and TENT adapt it; the other methods' tests run without it too).
 smoke:
 	dir=$$(mktemp -d -t transferlab-smoke-XXXX) && \
-	$(PYTHON) -m transferlab -m method=$(METHODS) data=tiny device=cpu \
+	$(PYTHON) -m transferlab -m method=$(METHODS) data=tiny device=cpu backbone.batch_norm=true \
 		trainer.steps=5 trainer.eval_every=5 trainer.progress_bar=false \
 		hydra.sweep.dir=$$dir
 

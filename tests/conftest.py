@@ -79,10 +79,11 @@ TINY_FAST = ("data=tiny", "device=cpu", "trainer.progress_bar=false", "trainer.l
 
 def make_image_folder(folder: Path, classes: tuple[str, ...] = ("cat", "dog", "owl"),
                       per_class: int = 6, size: tuple[int, int] = (20, 24), seed: int = 0,
-                      split: bool = False, grey: bool = False) -> Path:
+                      split: bool = False, grey: bool = False, noise: float = 40.0) -> Path:
     """A domain folder in ImageFolder layout: `per_class` images of each class, alternately PNG
-    and JPEG, each class a different mean colour; with `split`, under train/ and test/ (a third
-    of each class in test)."""
+    and JPEG, each class a different mean colour plus uniform `noise` (0: flat images, small
+    files at any size); with `split`, under train/ and test/ (a third of each class in
+    test)."""
     from torchvision.io import write_jpeg, write_png
 
     g = torch.Generator().manual_seed(seed)
@@ -92,7 +93,8 @@ def make_image_folder(folder: Path, classes: tuple[str, ...] = ("cat", "dog", "o
             target = folder / part / name
             target.mkdir(parents=True, exist_ok=True)
             base = torch.tensor([60.0 * c, 200.0 - 50 * c, 30.0 * i % 255]).view(3, 1, 1)
-            image = (base + 40 * torch.rand(3, *size, generator=g)).clamp(0, 255).to(torch.uint8)
+            image = (base + noise * torch.rand(3, *size, generator=g)).clamp(0, 255).to(
+                torch.uint8)
             if grey:
                 image = image[:1]
             if i % 2:

@@ -17,6 +17,14 @@ def choices_of(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
+def method_overrides(name: str) -> list[str]:
+    """`method=<name>` and what that method needs of the default backbone (batch norm for
+    the test-time methods), as studies add them for `method=ALL`."""
+    from transferlab.studies import backbone_overrides
+
+    return [f"method={name}", *backbone_overrides([f"method={name}"])]
+
+
 def compose_config(*overrides: str) -> DictConfig:
     return compose(overrides)
 

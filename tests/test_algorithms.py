@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import choices_of, compose_config
+from helpers import choices_of, compose_config, method_overrides
 from transferlab.checkpoint import Checkpointer, load_safely
 from transferlab.data.domain import BatchStream, Split, as_input
 from transferlab.experiment import build, build_evaluators
@@ -126,39 +126,42 @@ UDA = [m for m in choices_of("method") if m not in ("target_only", "finetune")]
 @pytest.mark.parametrize("name", UDA)
 def test_adaptation_never_sees_a_target_label(name: str):
     """Target train labels are poisoned with 999; every batch any update receives must carry
-    labels that are either source classes or the mask -1."""
-    cfg, pair, method = built(f"method={name}", "trainer.steps=4")
+    labels that are either classes (source labels, SHOT's pseudo-labels) or the mask -1, and
+    every adaptation method reads target batches."""
+    cfg, pair, method = built(*method_overrides(name), "trainer.steps=4")
     target = pair.target
     poisoned = Split(target.train.images, torch.full_like(target.train.labels, 999))
     pair = type(pair)(pair.source, type(target)(target.name, poisoned, target.test,
                                                  target.num_classes),
                       pair.source_val, pair.target_val)
-    seen: list[torch.Tensor] = []
+    seen: list[tuple[str, torch.Tensor]] = []
     stages = method.stages
 
     def spying(view):
         result = stages(view)
         for stage in result:
             def update(batch, progress, inner=stage.update):
-                seen.extend(y for _, y in batch.values())
+                seen.extend((stream, y) for stream, (_, y) in batch.items())
                 return inner(batch, progress)
             stage.update = update
         return result
 
     method.stages = spying
     fit(method, pair, trainer(), 0, lambda *_: None, build_evaluators(cfg))
-    assert seen and all(((y >= -1) & (y < pair.num_classes)).all() for y in seen)
-    assert name == "source_only" or any((y == -1).all() for y in seen)
+    assert seen and all(((y >= -1) & (y < pair.num_classes)).all() for _, y in seen)
+    assert name == "source_only" or any(stream == "target" for stream, _ in seen)
 
 
 @pytest.mark.parametrize("name", UDA)
 def test_streams_read_the_split_their_name_says(name: str):
-    _, pair, method = built(f"method={name}")
+    _, pair, method = built(*method_overrides(name))
     view = pair.training_view(False)
     expected = {"source": view.source, "labelled": view.source, "target": view.target}
     for stage in method.stages(view):
         for stream, split in stage.data.items():
-            assert split is expected[stream], f"{stage.name}: {stream}"
+            # the same images (SHOT's target stream carries its pseudo-labels instead)
+            assert split.store is expected[stream].store, f"{stage.name}: {stream}"
+            assert torch.equal(split.images, expected[stream].images), f"{stage.name}: {stream}"
 
 
 def test_the_loop_anneals_the_learning_rate_by_the_papers_formula():
@@ -212,12 +215,12 @@ def test_batch_stream_resumes_mid_epoch_exactly():
         assert torch.equal(a.next()[1], b.next()[1])
 
 
-@pytest.mark.parametrize("name", ["dann", "adda"])
+@pytest.mark.parametrize("name", ["dann", "adda", "adabn", "tent"])
 def test_resume_restores_everything_the_next_steps_depend_on(tmp_path: Path, name: str):
     """Weights, optimizer moments, scheduler position, stream positions and RNG: a run cut
     at a checkpoint and resumed in a fresh method ends with the same weights, bit for bit.
-    ADDA's cut falls inside its second stage."""
-    overrides = (f"method={name}", "trainer.steps=6")
+    ADDA's, AdaBN's and TENT's cut falls inside their second stage."""
+    overrides = (*method_overrides(name), "trainer.steps=6", "trainer.batch_size=16")
     torch.manual_seed(0)
     cfg, pair, whole = built(*overrides)
     evaluators = build_evaluators(cfg)
@@ -225,7 +228,7 @@ def test_resume_restores_everything_the_next_steps_depend_on(tmp_path: Path, nam
 
     torch.manual_seed(0)
     _, _, first = built(*overrides)
-    cut = 8 if name == "adda" else 3
+    cut = 3 if name == "dann" else 8
     checkpointer = Checkpointer(tmp_path, every=cut, config={})
 
     def stop(scalars: dict, step: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import choices_of, compose_config, run_in_process, scalar_tags
+from helpers import choices_of, compose_config, method_overrides, run_in_process, scalar_tags
 from transferlab.data.domain import Split
 from transferlab.evaluation.base import metric_tag
 from transferlab.experiment import build, build_evaluators
@@ -21,7 +21,7 @@ FAST = ("trainer.steps=8", "trainer.eval_every=4", "trainer.log_every=1")
 
 @pytest.mark.parametrize("method", choices_of("method"))
 def test_every_method_runs_and_writes_results(tmp_path: Path, method: str):
-    record = run_in_process(tmp_path, f"method={method}", *FAST)
+    record = run_in_process(tmp_path, *method_overrides(method), *FAST)
     assert record["status"] == "completed"
     assert record["choices"]["method"] == method
     assert record["steps"] == record["history"][-1]["step"] > 0

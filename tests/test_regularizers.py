@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import choices_of, compose_config, run_in_process, scalar_tags
+from helpers import choices_of, compose_config, method_overrides, run_in_process, scalar_tags
 from steps import assert_same_steps, batches, build_method, expected_step, sgd_step
 from transferlab.config import CONFIG_DIR, check_choices, validate
 from transferlab.errors import UserError, find_user_error
@@ -70,12 +70,12 @@ def test_every_method_of_one_joint_stage_takes_regularisers_and_applies_them(nam
     """Derived from conf/method/: a method whose training is one stage of source and target
     batches takes `method/regularizers`, and the term changes its update; any other refuses
     them in one line."""
-    cfg = compose_config("data=tiny", "device=cpu", f"method={name}")
+    cfg = compose_config("data=tiny", "device=cpu", *method_overrides(name))
     pair, method = build(cfg, torch.device("cpu"))
     stages = method.stages(pair.training_view(method.uses_target_labels))
     joint = len(stages) == 1 and set(stages[0].data) == {"source", "target"}
     assert method.takes_regularizers == joint, f"{name}: route its step through joint_step"
-    stacked = compose_config("data=tiny", "device=cpu", f"method={name}",
+    stacked = compose_config("data=tiny", "device=cpu", *method_overrides(name),
                              "+method/regularizers=[entropy]",
                              "method.regularizers.entropy.weight=5.0")
     if not joint:

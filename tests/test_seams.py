@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import choices_of, compose_config
+from helpers import choices_of, compose_config, method_overrides
 from transferlab.errors import UserError
 from transferlab.evaluation import Evaluator, evaluate
 from transferlab.experiment import build
@@ -59,7 +59,7 @@ LABELLED = {"target_only", "finetune"}
 
 @pytest.mark.parametrize("name", choices_of("method"))
 def test_methods_see_target_labels_only_when_they_declare_it(name: str):
-    cfg = compose_config("data=tiny", f"method={name}", "device=cpu")
+    cfg = compose_config("data=tiny", *method_overrides(name), "device=cpu")
     pair, method = build(cfg, torch.device("cpu"))
     labelled = method.uses_target_labels
     assert labelled == (name in LABELLED), "an adaptation method must not read target labels"

@@ -53,6 +53,18 @@ def test_method_all_is_every_method_of_conf(tmp_path: Path):
     assert {j.value("method") for j in plan.jobs} == set(studies.methods())
 
 
+def test_method_all_gives_each_method_what_it_needs_of_the_backbone():
+    jobs = {dict(o.split("=", 1) for o in job)["method"]: job
+            for job in studies.expand(["method=ALL", "data=tiny"])}
+    for name in ("tent", "adabn"):
+        assert "backbone.batch_norm=true" in jobs[name]
+    assert not any(o.startswith("backbone.") for o in jobs["dann"])
+    with_bn = studies.expand(["method=ALL", "backbone=dirtt_small"])  # has batch norm
+    assert not any("backbone.batch_norm" in o for job in with_bn for o in job)
+    assert studies.backbone_overrides(["method=tent", "backbone.batch_norm=false"]) == []
+    assert studies.backbone_overrides(["method=dirtt"]) == []  # built on vada's YAML
+
+
 def test_a_bad_plan_is_one_line(tmp_path: Path):
     with pytest.raises(UserError, match="has no `sweeps`"):
         studies.load_plan(write_plan(tmp_path, "results: r\nsettings: {a: 'data=tiny'}\n"))

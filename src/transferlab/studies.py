@@ -38,7 +38,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from transferlab.config import CONFIG_DIR
+from transferlab.config import CONFIG_DIR, compose
 from transferlab.errors import UserError, user_errors_exit
 from transferlab.records import collect
 from transferlab.run_folder import RESULTS
@@ -79,10 +79,38 @@ def methods() -> list[str]:
 
 def expand(overrides: Sequence[str]) -> list[list[str]]:
     """The jobs of one sweep, each its list of overrides, as Hydra's basic sweeper makes them
-    (its value formatting included: `2e-5` → `2e-05`)."""
+    (its value formatting included: `2e-5` → `2e-05`). With `method=ALL`, each method also
+    gets what it needs of the backbone (`Method.backbone_overrides`)."""
+    every = f"method={ALL}" in overrides
     lines = [f"method={','.join(methods())}" if o == f"method={ALL}" else o for o in overrides]
     parsed = OverridesParser.create().parse_overrides(lines)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    return [[*job, *backbone_overrides(job)] for job in jobs] if every else jobs
+
+
+def backbone_overrides(job: Sequence[str]) -> list[str]:
+    """What the job's method needs of the backbone, where the job's backbone has that key and
+    the job does not set it (`backbone.batch_norm=true` for dann_mnist and lenet; the ResNets
+    have batch norm already)."""
+    method = next((o.split("=", 1)[1] for o in job if o.startswith("method=")), None)
+    if method is None:
+        return []
+    from hydra.utils import get_class
+
+    needed = getattr(get_class(_method_target(method)), "backbone_overrides", ())
+    given = {o.split("=", 1)[0] for o in job}
+    needed = [o for o in needed if o.split("=", 1)[0] not in given]
+    if not needed:
+        return []
+    backbone = compose(list(job)).backbone
+    return [o for o in needed if o.split("=", 1)[0].removeprefix("backbone.") in backbone]
+
+
+def _method_target(choice: str) -> str:
+    """A method YAML's `_target_`, looked up in the YAMLs it builds on (dirtt on vada)."""
+    config = yaml.safe_load((Path(CONFIG_DIR) / "method" / f"{choice}.yaml").read_text())
+    parents = [d for d in config.get("defaults", []) if d != "_self_"]
+    return config.get("_target_") or _method_target(parents[0])
 
 
 def job_name(overrides: Sequence[str]) -> str:

@@ -267,8 +267,9 @@ class _Loop:
     def _log_step(self, stage: Stage, scalars: Mapping[str, Tensor | float]) -> None:
         values = {k: float(v.detach() if isinstance(v, Tensor) else v)
                   for k, v in scalars.items()}
-        group = stage.optimizers[0].param_groups[0]
-        values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
+        if stage.optimizers:  # a stage may learn nothing by gradient (AdaBN)
+            group = stage.optimizers[0].param_groups[0]
+            values[f"lr/{stage.name}"] = group["lr"] / group.get("lr_mult", 1.0)
         self._emit(values, self.step)
         self.bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items()})
 

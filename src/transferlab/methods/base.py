@@ -103,6 +103,9 @@ class Method(nn.Module):
     # Methods that train in one joint stage set this, and end their update with `joint_step`,
     # which adds the stacked `method.regularizers` (see methods/regularizers.py).
     takes_regularizers: ClassVar[bool] = False
+    # What a method needs of the digit backbones (dann_mnist, lenet) to run, as overrides:
+    # studies (method=ALL) and the tests that run every method add them.
+    backbone_overrides: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, network: Classifier, optimizer: OptimizerFactory, steps: int,
                  seed: int = 0, lr_alpha: float = 10.0, lr_beta: float = 0.75,
