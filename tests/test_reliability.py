@@ -224,6 +224,8 @@ def test_same_seed_same_metrics_different_seed_different_run(tmp_path: Path):
     ("trainer.batch_size=abc", "trainer.batch_size='abc' is invalid: must be an integer >= 1"),
     ("method=finetune method.shots=0", "method.shots=0 is invalid: must be an integer >= 1"),
     ("data.download=maybe", "data.download='maybe' is invalid: must be true or false"),
+    ("evaluation.evaluators.iwv.folds=1",
+     "evaluation.evaluators.iwv.folds=1 is invalid: must be an integer >= 2"),
 ])
 def test_bad_input_is_one_line_naming_key_and_allowed_values(tmp_path: Path, override, message):
     result = run_cli(*TINY_FAST, *override.split(), f"hydra.run.dir={tmp_path / 'run'}",

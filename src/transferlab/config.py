@@ -54,6 +54,8 @@ def validate(cfg: DictConfig) -> None:
     _check_arguments("method", cfg.method)
     for name, regularizer in (cfg.method.get("regularizers") or {}).items():
         _check_arguments(f"method.regularizers.{name}", regularizer)
+    for name in dict.fromkeys([*REPORTS, *cfg.evaluation.validators]):
+        _check_arguments(f"evaluation.evaluators.{name}", cfg.evaluation.evaluators[name])
 
 
 def check_values(cfg: DictConfig) -> None:

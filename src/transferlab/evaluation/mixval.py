@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from transferlab.evaluation.base import Evaluator, Outputs, SplitName
+from transferlab.rules import Rule
 
 Kind = Literal["intra", "inter", "both"]
 
@@ -60,6 +61,9 @@ class MixVal(Evaluator):
 
     reads: tuple[SplitName, ...] = ("target_val",)
     probes = True
+    # The dominant image weighs more than its partner (mix = 1: the image itself).
+    limits: ClassVar = {"kind": Rule(str, choices=("intra", "inter", "both")),
+                        "mix": Rule(float, min=0.5, max=1.0), "chunk": Rule(int, min=1)}
 
     def __init__(self, kind: Kind = "both", mix: float = 0.55, chunk: int = 128) -> None:
         if kind not in ("intra", "inter", "both"):

@@ -16,6 +16,7 @@ without labels) and is built on the shared quantities in `transferlab.losses`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from transferlab.evaluation.base import Evaluator, Outputs, SplitName
 from transferlab.evaluation.importance import source_density_ratios
 from transferlab.losses.density_ratio import normalised_weights
 from transferlab.losses.entropy import batch_nuclear_norm, entropy, information_maximization
+from transferlab.rules import Rule
 
 
 class TargetPredictions(Evaluator):
@@ -86,6 +88,8 @@ def soft_neighbourhood_density(logits: Tensor, temperature: float = 0.05,
 class SoftNeighbourhoodDensity(TargetPredictions):
     """SND with the paper's temperature 0.05 on the softmax predictions."""
 
+    limits: ClassVar = {"temperature": Rule(float, min=1e-6)}
+
     def __init__(self, temperature: float = 0.05) -> None:
         self.temperature = temperature
 
@@ -116,6 +120,7 @@ class ImportanceWeighted(Evaluator):
     reads: tuple[SplitName, ...] = ("source_val", "target_val")
     labels = "source"
     uses_features = True
+    limits: ClassVar = {"folds": Rule(int, min=2), "seed": Rule(int, min=0)}
 
     def __init__(self, folds: int = 5, seed: int = 0) -> None:
         self.folds, self.seed = folds, seed
