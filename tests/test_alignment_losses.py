@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from transferlab.losses.conditional import MultilinearMap
+from transferlab.losses.conditional import MultilinearMap, conditioning_weights
 from transferlab.losses.discrepancy import DAN_BANDWIDTHS, coral, multi_kernel_mmd
 from transferlab.losses.margin import MarginDisparityLoss, margin_disparity_discrepancy
 
@@ -157,3 +157,31 @@ def test_margin_disparity_loss_trains_the_head_up_and_the_features_down_the_disc
     d.backward()
     torch.testing.assert_close(head_grad, -head.weight.grad)   # descending the loss: D up
     torch.testing.assert_close(feature_grad, coeff * features.grad)  # reversed: D down
+
+
+@pytest.mark.parametrize("reversal", [None, 0.7])
+def test_cdan_e_weights_and_the_gradient_through_them(reversal):
+    """Values: 1 + e^(−H) per sample, each domain's summing to 1. Gradient: none with the
+    weights as constants; with `reversal` λ, minus λ times the gradient of the weights' own
+    formula (its normalising sums held constant), as the authors' hook on the entropy gives."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(10, 4, dtype=torch.float64)).requires_grad_()
+    loss_per_sample = torch.rand(10, dtype=torch.float64)
+    weights = conditioning_weights(logits, 6, reversal)
+    p = torch.softmax(logits, 1)
+    plain = 1 + torch.exp((p * torch.log(p)).sum(1))
+    sums = torch.cat([plain[:6].sum().expand(6), plain[6:].sum().expand(4)]).detach()
+    torch.testing.assert_close(weights, (plain / sums).detach())
+    torch.testing.assert_close(weights[:6].sum().item(), 1.0)
+    if reversal is None:
+        assert not weights.requires_grad
+        return
+    (got,) = torch.autograd.grad((weights * loss_per_sample).sum(), logits)
+    (formula,) = torch.autograd.grad((plain / sums * loss_per_sample).sum(), logits)
+    torch.testing.assert_close(got, -reversal * formula)
+
+
+def test_the_multilinear_map_is_exact_at_any_size_without_a_threshold():
+    exact = MultilinearMap(500, 10, randomize_above=None)
+    assert not exact.randomized and exact.out_features == 5000
+    assert MultilinearMap(500, 10).randomized

@@ -36,8 +36,10 @@ CPU = torch.device("cpu")
 # untrained model: CDAN's map is randomized above d_f · C, which the tiny pair's 768 · 10
 # already exceeds; IWERM's clip bites only on density ratios above it (see PREPARED).
 CHOSEN = {("cdan", "randomize_above"): 10**6, ("iwerm", "clip"): 6.6}
-# Keys that act on batch-norm layers, which the default backbone has none of.
-NEEDS = {"bn_statistics": ("backbone.batch_norm=true",)}
+# Keys that act on batch-norm layers, which the default backbone has none of, and CDAN+E's
+# option, which acts when entropy conditioning is on.
+NEEDS = {"bn_statistics": ("backbone.batch_norm=true",),
+         "entropy_gradient": ("method.entropy_conditioning=true",)}
 
 
 def favour_target(method) -> None:

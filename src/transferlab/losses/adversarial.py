@@ -24,7 +24,8 @@ class DomainAdversarialLoss(nn.Module):
 
     Both domains go through the discriminator as one batch (batch-norm layers in it see both).
     `coeff` is the reversed gradient's scale (DANN's annealed λ). `weights`, one per sample
-    (source first), weight the cross-entropy as CDAN+E does; they are normalised to mean 1.
+    (source first), weight the cross-entropy as CDAN+E does, divided by their (constant) sum;
+    gradients reach whatever they were computed from unless the caller detached them.
     """
 
     def __init__(self, discriminator: nn.Module) -> None:
@@ -39,6 +40,6 @@ class DomainAdversarialLoss(nn.Module):
         if weights is None:
             loss = losses.mean()
         else:
-            loss = (losses * weights.detach()).sum() / weights.detach().sum()
+            loss = (losses * weights).sum() / weights.detach().sum()
         accuracy = (logits.argmax(1) == domains).float().mean()
         return loss, accuracy

@@ -5,7 +5,11 @@ class predictions (randomized above 4096 dimensions), so that features are align
 class rather than only as a whole. With `entropy_conditioning` (CDAN+E) each sample's
 discriminator loss is weighted by 1 + e^(−entropy of its prediction), so that confident,
 transferable samples count more; the weights of each domain are normalised separately, as in
-the authors' code, so that both domains keep equal total weight.
+the authors' code, so that both domains keep equal total weight. `entropy_gradient`: the
+weights as constants (`detached`, tllib's), or `reversed`, the authors' code: the
+discriminator loss's gradient reaches the predictions through the entropy, reversed and scaled
+by λ. The authors' digit settings (LeNet, the exact map of 500 × 10, a 500-500 discriminator
+with dropout): `randomize_above=null domain_hidden=[500,500]` (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from torch import Tensor
 
 from transferlab.data.domain import TrainingView
 from transferlab.losses.adversarial import DomainAdversarialLoss
-from transferlab.losses.conditional import RANDOMIZE_ABOVE, RANDOMIZED_DIM, MultilinearMap
-from transferlab.losses.entropy import entropy_weights
+from transferlab.losses.conditional import (
+    RANDOMIZE_ABOVE,
+    RANDOMIZED_DIM,
+    MultilinearMap,
+    conditioning_weights,
+)
 from transferlab.methods.base import Batch, Method, Stage
 from transferlab.nn import DomainDiscriminator
 from transferlab.rules import Rule
@@ -30,17 +38,19 @@ from transferlab.schedules import dann_lambda
 class CDAN(Method):
     takes_regularizers = True
     limits: ClassVar = {"lambda_gamma": Rule(float, min=0), "lambda_max": Rule(float, min=0),
-                        "randomize_above": Rule(int, min=0),
+                        "entropy_gradient": Rule(str, choices=("detached", "reversed")),
+                        "randomize_above": Rule(int, min=0, nullable=True),
                         "randomized_dim": Rule(int, min=1),
                         "domain_dropout": Rule(float, min=0, max=0.99)}
 
-    def __init__(self, entropy_conditioning: bool = False, lambda_gamma: float = 10.0,
-                 lambda_max: float = 1.0, randomize_above: int = RANDOMIZE_ABOVE,
+    def __init__(self, entropy_conditioning: bool = False, entropy_gradient: str = "detached",
+                 lambda_gamma: float = 10.0, lambda_max: float = 1.0,
+                 randomize_above: int | None = RANDOMIZE_ABOVE,
                  randomized_dim: int = RANDOMIZED_DIM,
                  domain_hidden: Sequence[int] = (1024, 1024), domain_batch_norm: bool = False,
                  domain_dropout: float = 0.5, **common: Any) -> None:
         super().__init__(**common)
-        self.entropy_conditioning = entropy_conditioning
+        self.entropy_conditioning, self.entropy_gradient = entropy_conditioning, entropy_gradient
         self.lambda_gamma, self.lambda_max = lambda_gamma, lambda_max
         self.multilinear = MultilinearMap(self.network.feature_dim, self.num_classes,
                                           randomize_above, randomized_dim)
@@ -59,11 +69,11 @@ class CDAN(Method):
         # The discriminator conditions on the predictions but does not train them (the
         # authors' code detaches them too): only the features are pushed to fool it.
         joint = self.multilinear(features, F.softmax(logits, dim=1).detach())
+        lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
         weights = None
         if self.entropy_conditioning:
-            weights = torch.cat([w / w.sum() for w in entropy_weights(logits).split(
-                [n, len(xt)])])
-        lam = dann_lambda(progress, self.lambda_gamma, self.lambda_max)
+            reversal = lam if self.entropy_gradient == "reversed" else None
+            weights = conditioning_weights(logits, n, reversal)
         domain_loss, domain_acc = self.adversarial(joint[:n], joint[n:], lam, weights)
         scalars: dict[str, Tensor | float] = {
             "loss/classification": label_loss, "loss/domain": domain_loss, "cdan/lambda": lam,
