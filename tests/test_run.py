@@ -11,8 +11,10 @@ from helpers import scalar_tags
 
 def test_short_run_writes_results_tensorboard_and_table(tmp_path: Path):
     out = tmp_path / "run"
+    # Trained here, not reused from another test's stored stage (whose logging density the
+    # replay would show: logging is not part of a stage's fingerprint).
     result = run_cli(*TINY_FAST, "trainer.steps=6", "trainer.eval_every=3",
-                     f"hydra.run.dir={out}", cwd=tmp_path)
+                     "trainer.reuse_stages=false", f"hydra.run.dir={out}", cwd=tmp_path)
     record = json.loads((out / "results.json").read_text())
     assert record["status"] == "completed"
     assert record["metrics"] == {k: v for k, v in record["history"][-1].items()
