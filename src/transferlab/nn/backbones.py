@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from transferlab.errors import UserError
@@ -101,6 +100,8 @@ def resnet(in_channels: int, num_classes: int, image_size: int = 224, arch: str 
     `trunk_lr_mult` times the rate (the papers' 0.1). Grey images are repeated to RGB."""
     if arch not in RESNETS:
         raise UserError(f"backbone.arch={arch} is invalid: must be one of {', '.join(RESNETS)}")
+    import torchvision  # here: a second of start-up the digit backbones do without
+
     trunk = torchvision.models.get_model(arch, weights=None)
     if weights:
         trunk.load_state_dict(pretrained_state(arch, weights))
@@ -113,6 +114,8 @@ def resnet(in_channels: int, num_classes: int, image_size: int = 224, arch: str 
 
 def pretrained_state(arch: str, name: str) -> dict[str, Tensor]:
     """torchvision's weights `name` of `arch`: from torch.hub's cache, else downloaded."""
+    import torchvision
+
     enum = torchvision.models.get_model_weights(arch)
     try:
         weights = enum[name]
