@@ -140,7 +140,8 @@ def broken_torch(work: Path, reference: Path) -> str:
     (fake / "__init__.py").write_text(
         'raise RuntimeError("operator torchvision::nms does not exist")\n')
     env = {**ENV, "PYTHONPATH": f"{work / 'site'}:{ROOT / 'src'}"}
-    result = command(*RUN, f"hydra.run.dir={work / 'broken'}", cwd=work, env=env)
+    result = command(*RUN, "backbone=resnet18", f"hydra.run.dir={work / 'broken'}", cwd=work,
+                     env=env)  # the ResNet backbone imports torchvision's models
     held = one_line(result) and "pip install --force-reinstall torch==" in result.stderr
     return "held" if held else f"FAILED: {result.stderr[-300:]!r}"
 

@@ -725,14 +725,15 @@ def test_evaluate_refuses_a_run_still_training_unless_allowed(stopped, tmp_path:
 
 
 def test_a_torchvision_built_for_another_torch_is_one_line_with_the_fix(tmp_path: Path):
-    """What a CPU-wheel install can leave: torchvision's ops fail to register on import."""
+    """What a CPU-wheel install can leave: torchvision's ops fail to register on import (here
+    when a ResNet backbone imports torchvision's models)."""
     fake = tmp_path / "site" / "torchvision"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(
         'raise RuntimeError("operator torchvision::nms does not exist")\n')
     env = {"PYTHONPATH": f"{tmp_path / 'site'}:{ROOT / 'src'}"}
-    result = run_cli(*TINY_FAST, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env,
-                     check=False)
+    result = run_cli(*TINY_FAST, "backbone=resnet18", "trainer.steps=2",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env, check=False)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     from transferlab.install import installed, matching_torchvision
