@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,32 @@ def test_a_restarted_study_reruns_no_finished_run_and_collects_every_record(tmp_
 
     third = study(tmp_path)
     assert "tiny: 3 of 3 runs done, 0 left" in third.stdout
+
+
+def test_a_stopped_study_says_its_runs_stopped_not_failed_and_resumes_them(tmp_path: Path):
+    long = PLAN.replace("trainer.steps=6", "trainer.steps=100000").replace("source_only,dann",
+                                                                          "source_only")
+    plan = studies.load_plan(write_plan(tmp_path, long))
+    job = studies.selected(plan, ["method=source_only"])[0]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transferlab.studies", "run", str(plan.path), "--jobs", "1",
+         "--only", "method=source_only"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    log = plan.runs / f"{job.name}.out"
+    deadline = time.monotonic() + 120
+    while "step 1 done" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and process.poll() is None, "the job never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, out + err
+    assert f"stopped (resumes next time): {job.name}" in out
+    assert "FAILED" not in out and "failed" not in err
+    assert "rerun the same command to resume" in err
+    assert json.loads((plan.runs / job.name / "results.json").read_text())["status"] == \
+        "interrupted"
+    again = study(tmp_path, "--only", "method=source_only", "--dry-run")
+    assert "0 of 1 runs done, 1 left" in again.stdout  # it resumes on the next run
 
 
 def test_collecting_twice_adds_nothing_twice_and_a_later_state_replaces_the_old(tmp_path):

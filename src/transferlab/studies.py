@@ -208,7 +208,8 @@ def command(plan: Plan, job: Job, threads: int) -> list[str]:
 
 def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -> int:
     """Run the unfinished `jobs`, `parallel` at a time, collecting each record as it ends;
-    returns the number of jobs that failed."""
+    returns the number of jobs that failed. A stop signal (SIGINT, SIGTERM) starts no new job,
+    is passed on to the running ones, and ends in `Stopped` once they have checkpointed."""
     left = [j for j in jobs if not done(plan, j)]
     print(progress(plan, jobs, parallel), flush=True)
     threads = max(1, cpu_count() // max(parallel, 1))
@@ -221,12 +222,13 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
             print(" ".join(command(plan, job, threads)))
         return 0
     running: dict[subprocess.Popen, Job] = {}
-    failed = 0
+    failed, received = 0, []
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def forward(signum: int, frame: Any) -> None:
         """Start no new job; each running one checkpoints and stops (and resumes next time)."""
         left.clear()
+        received.append(signum)
         for process in running:
             process.send_signal(signum)
 
@@ -243,14 +245,36 @@ def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -
                                              stderr=subprocess.STDOUT)] = job
             finished = _wait_any(running)
             job = running.pop(finished)
-            failed += finished.returncode != 0
+            outcome = ended(plan, job, finished.returncode)
+            failed += outcome == "FAILED"
             collect(plan.runs, plan.results, plan.predictions, only=[job.name])
-            print(f"{'done' if finished.returncode == 0 else 'FAILED'}: {job.name}; "
-                  + progress(plan, jobs, parallel), flush=True)
+            print(f"{outcome}: {job.name}; " + progress(plan, jobs, parallel), flush=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if received:
+        raise Stopped(received[0])
     return failed
+
+
+class Stopped(Exception):
+    """The study was stopped by a signal; its interrupted runs resume on the next `run`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def ended(plan: Plan, job: Job, returncode: int) -> str:
+    """How a job's process ended: done, stopped by a signal at a checkpoint (its run says
+    `interrupted`; the next `run` resumes it), or FAILED."""
+    if returncode == 0:
+        return "done"
+    try:
+        status = json.loads((plan.runs / job.name / RESULTS).read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    return "stopped (resumes next time)" if status == "interrupted" else "FAILED"
 
 
 def _wait_any(running: dict[subprocess.Popen, Job]) -> subprocess.Popen:
@@ -283,7 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "status":
             print(progress(plan, jobs, args.jobs))
             return 0
-        failed = run(plan, jobs, args.jobs, args.dry_run)
+        try:
+            failed = run(plan, jobs, args.jobs, args.dry_run)
+        except Stopped as stop:
+            print(f"stopped by {stop}: rerun the same command to resume", file=sys.stderr)
+            return 128 + stop.signum
     if failed:
         print(f"{failed} runs failed; their logs: {plan.runs}/<name>.out", file=sys.stderr)
     return 1 if failed else 0
