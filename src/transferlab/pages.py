@@ -157,7 +157,8 @@ def provenance(plan: Plan) -> list[str]:
         where = f"{r['machine']['device']}, {r['machine']['threads']} thread(s)"
         machines[where] = machines.get(where, 0) + 1
     lines = [f"{len(completed)} completed runs of {len(plan.jobs)} planned "
-             f"({len(records) - len(completed)} other records: failed or stopped runs), "
+             f"({len(records) - len(completed)} not completed: failed or stopped, the study "
+             "reruns them), "
              f"{size / 1e6:.2f} MB in `results/{plan.results.name}/`"
              f" ({sum(p.name.endswith(SUFFIX) for p in files)} with stored predictions).", "",
              "| code version (source hash) | runs |", "|---|---|"]
