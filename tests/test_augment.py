@@ -142,3 +142,21 @@ def test_as_input_normalises_with_the_backbones_statistics():
     expected = torch.tensor([[-1.0, 1.0, -0.6], [-2.0, 3.0, -1.0], [-2.0, 8.0, 0.0]])
     torch.testing.assert_close(x[0], expected.view(3, 1, 3))
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_digit_preset_crops_without_flipping_and_evaluates_whole_images():
+    """`+data/augment=digits`: random boxes of 70-100% of the image at the backbone's input
+    size, never mirrored (a mirrored digit is another symbol), evaluation the image itself."""
+    from hydra.utils import instantiate
+
+    from transferlab.config import compose
+
+    augment = instantiate(compose(["data=mnist_usps", "+data/augment=digits"]).data.augment)
+    assert isinstance(augment, Augment) and augment.size == 28
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    params = augment.sample(64, 28, 28, torch.Generator().manual_seed(0))
+    assert not params.flip.any()
+    area = (params.boxes[:, 2] * params.boxes[:, 3]).float() / 28 ** 2
+    assert area.min() >= 0.7 * 0.9 and area.max() <= 1.0  # rounding to whole pixels
+    assert not torch.equal(augment.apply(images, params), images)
+    assert torch.equal(augment.center(images), images)

@@ -133,6 +133,21 @@ def test_a_stopped_study_says_its_runs_stopped_not_failed_and_resumes_them(tmp_p
     assert "0 of 1 runs done, 1 left" in again.stdout  # it resumes on the next run
 
 
+def test_a_record_is_found_under_the_name_collect_gives_it(tmp_path: Path):
+    """Overrides such as `evaluation.validators=[]` make a folder name that collect changes
+    into a safe file name; the pages and the study report must look under that name."""
+    plan = studies.load_plan(write_plan(tmp_path, PLAN.replace(
+        "device=cpu", "device=cpu evaluation.validators=[]")))
+    job = plan.jobs[0]
+    assert "[]" in job.name
+    (plan.runs / job.name).mkdir(parents=True)
+    record = json.loads(next((ROOT / "tests" / "records").glob("*.json")).read_text())
+    (plan.runs / job.name / "results.json").write_text(json.dumps(record))
+    records.collect(plan.runs, plan.results)
+    assert plan.record(job).exists()
+    assert "[]" not in plan.record(job).name
+
+
 def test_collecting_twice_adds_nothing_twice_and_a_later_state_replaces_the_old(tmp_path):
     sweep, into = tmp_path / "sweep", tmp_path / "results"
     run = sweep / "a"

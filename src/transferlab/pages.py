@@ -76,7 +76,7 @@ def rows_of(plan: Plan, setting: str) -> list[Row]:
 def _records(plan: Plan, jobs: Sequence[Job]) -> list[dict[str, Any]]:
     found = []
     for job in jobs:
-        path = plan.results / f"{job.name}.json"
+        path = plan.record(job)
         if path.exists():
             record = read(path)
             if record["status"] == "completed":
@@ -84,9 +84,10 @@ def _records(plan: Plan, jobs: Sequence[Job]) -> list[dict[str, Any]]:
     return found
 
 
-def mean_std(values: Sequence[float], asked: int) -> str:
+def mean_std(values: Sequence[float], asked: int, measured: bool = True) -> str:
+    """`measured`: False where the row's records exist but none holds the metric."""
     if not values:
-        return "not run yet"
+        return "not run yet" if measured else "not measured"
     std = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "—"
     seeds = f"{len(values)} seeds" if len(values) > 1 else "1 seed"
     short = f", {len(values)} of {asked} asked" if len(values) < asked else ""
@@ -139,7 +140,7 @@ def details(plan: Plan, setting: str) -> list[str]:
             f"`{row.label}`" if row.label else "(defaults)",
             mean_std(row.values(JUDGE), len(row.jobs)),
             mean_std(row.values("source_acc"), len(row.jobs)),
-            mean_std(row.values("source_val_acc"), len(row.jobs)),
+            mean_std(row.values("source_val_acc"), len(row.jobs), not row.records),
             seeds or "—", f"{statistics.fmean(cpu):.0f}" if cpu else "—"]) + " |")
     return lines
 

@@ -40,7 +40,7 @@ from hydra.errors import HydraException
 
 from transferlab.config import CONFIG_DIR, compose
 from transferlab.errors import UserError, user_errors_exit
-from transferlab.records import collect
+from transferlab.records import collect, record_name
 from transferlab.run_folder import RESULTS
 from transferlab.sweeps import cpu_count
 
@@ -71,6 +71,10 @@ class Plan:
     jobs: list[Job]
     settings: dict[str, list[str]]  # each setting's own overrides
     spec: dict[str, Any]            # the plan as written (e.g. its `published` numbers)
+
+    def record(self, job: Job) -> Path:
+        """Where `collect` keeps the job's record (its name made safe for a file name)."""
+        return self.results / f"{record_name(self.runs / job.name, self.runs)}.json"
 
 
 def methods() -> list[str]:

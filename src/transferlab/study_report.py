@@ -56,7 +56,7 @@ class Choice:
 def setting_group(plan: Plan, setting: str) -> tuple[GroupSelection | None, float]:
     """The pooled group of `setting` (every method) and source-only's mean final target
     accuracy there (NaN without source-only records)."""
-    names = {f"{j.name}.json" for j in plan.jobs if j.setting == setting}
+    names = {plan.record(j).name for j in plan.jobs if j.setting == setting}
     runs = [r for r in load_runs(plan.results) if f"{r.path.name}.json" in names
             and r.status == "completed"]
     if not runs:
