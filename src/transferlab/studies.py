@@ -274,11 +274,8 @@ def ended(plan: Plan, job: Job, returncode: int) -> str:
     `interrupted`; the next `run` resumes it), or FAILED."""
     if returncode == 0:
         return "done"
-    try:
-        status = json.loads((plan.runs / job.name / RESULTS).read_text()).get("status")
-    except (OSError, ValueError):
-        status = None
-    return "stopped (resumes next time)" if status == "interrupted" else "FAILED"
+    interrupted = (record_of(plan, job) or {}).get("status") == "interrupted"
+    return "stopped (resumes next time)" if interrupted else "FAILED"
 
 
 def _wait_any(running: dict[subprocess.Popen, Job]) -> subprocess.Popen:
