@@ -148,6 +148,17 @@ def test_a_record_is_found_under_the_name_collect_gives_it(tmp_path: Path):
     assert "[]" not in plan.record(job).name
 
 
+def test_threads_per_run_can_be_set_for_studies_side_by_side(tmp_path: Path):
+    write_plan(tmp_path)
+    default = study(tmp_path, "--dry-run")  # --jobs 1 on this machine's cores
+    assert f"trainer.num_threads={studies.cpu_count()}" in default.stdout
+    one = study(tmp_path, "--dry-run", "--threads", "1")
+    assert one.stdout.count("trainer.num_threads=1 ") == 3
+    bad = study(tmp_path, "--threads", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == \
+        "error: --threads=0 is invalid: must be an integer >= 1"
+
+
 def test_collecting_twice_adds_nothing_twice_and_a_later_state_replaces_the_old(tmp_path):
     sweep, into = tmp_path / "sweep", tmp_path / "results"
     run = sweep / "a"

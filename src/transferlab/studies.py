@@ -210,13 +210,16 @@ def command(plan: Plan, job: Job, threads: int) -> list[str]:
             "trainer.progress_bar=false"]
 
 
-def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False) -> int:
+def run(plan: Plan, jobs: Sequence[Job], parallel: int, dry_run: bool = False,
+        threads: int | None = None) -> int:
     """Run the unfinished `jobs`, `parallel` at a time, collecting each record as it ends;
-    returns the number of jobs that failed. A stop signal (SIGINT, SIGTERM) starts no new job,
-    is passed on to the running ones, and ends in `Stopped` once they have checkpointed."""
+    returns the number of jobs that failed. Each job gets `threads` torch threads (default:
+    the cores shared between the `parallel` jobs). A stop signal (SIGINT, SIGTERM) starts no
+    new job, is passed on to the running ones, and ends in `Stopped` once they have
+    checkpointed."""
     left = [j for j in jobs if not done(plan, j)]
     print(progress(plan, jobs, parallel), flush=True)
-    threads = max(1, cpu_count() // max(parallel, 1))
+    threads = threads or max(1, cpu_count() // max(parallel, 1))
     if not dry_run:  # runs that finished before (another plan's, an earlier session's)
         plan.runs.mkdir(parents=True, exist_ok=True)
         collect(plan.runs, plan.results, plan.predictions,
@@ -296,11 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--only experiment=mnist_usps --only method=dann")
     parser.add_argument("--jobs", type=int, default=min(2, cpu_count()),
                         help="runs at a time (each gets cores / jobs torch threads)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / "
+                        "jobs; with two studies side by side, cores / all their jobs)")
     parser.add_argument("--runs", type=Path, help="where the run folders go (default: the "
                         "plan's `runs`, multirun/studies)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     with user_errors_exit():
+        for flag, value in (("--jobs", args.jobs), ("--threads", args.threads)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag}={value} is invalid: must be an integer >= 1")
         plan = load_plan(args.plan, args.runs)
         jobs = selected(plan, args.only)
         if not jobs:
@@ -309,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(progress(plan, jobs, args.jobs))
             return 0
         try:
-            failed = run(plan, jobs, args.jobs, args.dry_run)
+            failed = run(plan, jobs, args.jobs, args.dry_run, args.threads)
         except Stopped as stop:
             print(f"stopped by {stop}: rerun the same command to resume", file=sys.stderr)
             return 128 + stop.signum
