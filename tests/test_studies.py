@@ -159,6 +159,25 @@ def test_threads_per_run_can_be_set_for_studies_side_by_side(tmp_path: Path):
         "error: --threads=0 is invalid: must be an integer >= 1"
 
 
+def test_a_job_another_process_is_running_is_skipped_not_failed(tmp_path: Path):
+    """Two studies side by side may reach the same job: the second is refused its folder,
+    which is neither a failure nor a run of the job."""
+    from transferlab.run_folder import RunLock
+
+    plan = studies.load_plan(write_plan(tmp_path))
+    job = studies.selected(plan, ["method=source_only"])[0]
+    (plan.runs / job.name).mkdir(parents=True)
+    lock = RunLock(plan.runs / job.name)
+    lock.acquire()
+    try:
+        result = study(tmp_path, "--only", "method=source_only")
+    finally:
+        lock.release()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"skipped (running in another process): {job.name}" in result.stdout
+    assert "FAILED" not in result.stdout
+
+
 def test_collecting_twice_adds_nothing_twice_and_a_later_state_replaces_the_old(tmp_path):
     sweep, into = tmp_path / "sweep", tmp_path / "results"
     run = sweep / "a"

@@ -41,7 +41,7 @@ from hydra.errors import HydraException
 from transferlab.config import CONFIG_DIR, compose
 from transferlab.errors import UserError, user_errors_exit
 from transferlab.records import collect, record_name
-from transferlab.run_folder import RESULTS
+from transferlab.run_folder import RESULTS, holder
 from transferlab.sweeps import cpu_count
 
 ALL = "ALL"  # method=ALL: every conf/method/*.yaml
@@ -273,10 +273,13 @@ class Stopped(Exception):
 
 
 def ended(plan: Plan, job: Job, returncode: int) -> str:
-    """How a job's process ended: done, stopped by a signal at a checkpoint (its run says
+    """How a job's process ended: done, skipped (its folder is another process's, e.g. a second
+    study's running the same job), stopped by a signal at a checkpoint (its run says
     `interrupted`; the next `run` resumes it), or FAILED."""
     if returncode == 0:
         return "done"
+    if holder(plan.runs / job.name) is not None:
+        return "skipped (running in another process)"
     interrupted = (record_of(plan, job) or {}).get("status") == "interrupted"
     return "stopped (resumes next time)" if interrupted else "FAILED"
 
