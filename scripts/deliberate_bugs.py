@@ -227,9 +227,9 @@ BUGS = [
         "src/transferlab/evaluation/validators.py", "self.folds, self.seed = folds, seed",
         "self.folds, self.seed = 5, seed", ("tests/test_hyperparameters.py",)),
     Bug("cdan-e-gradient-not-reversed", "CDAN+E's reversed option lets the gradient through "
-        "the entropy unreversed", "src/transferlab/losses/conditional.py",
-        "weights = 1 + torch.exp(-grad_reverse(entropy(logits), reversal))",
-        "weights = 1 + torch.exp(-entropy(logits))", ("tests/test_alignment_losses.py",)),
+        "the entropy unreversed", "src/transferlab/losses/entropy.py",
+        "else grad_reverse(entropy(logits), reversal)", "else entropy(logits)",
+        ("tests/test_alignment_losses.py",)),
     Bug("dirtt-teacher-never-set", "DIRT-T's teacher not copied from the moving average",
         "src/transferlab/methods/dirtt.py",
         "self.teacher.load_state_dict(self.average.state_dict())", "pass",

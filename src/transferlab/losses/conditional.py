@@ -11,8 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from transferlab.losses.entropy import entropy, entropy_weights
-from transferlab.nn.gradient_reversal import grad_reverse
+from transferlab.losses.entropy import entropy_weights
 
 # The paper switches to the randomized map when d_f · C exceeds 4096, with output size 1024.
 RANDOMIZE_ABOVE = 4096
@@ -53,9 +52,6 @@ def conditioning_weights(logits: Tensor, n_source: int, reversal: float | None =
     both domains weigh 1. `reversal` None: the weights are constants (tllib). A number λ:
     gradients reach the predictions through the entropy, reversed and scaled by λ, as the
     authors' code does with a gradient hook on the entropy."""
-    if reversal is None:
-        weights = entropy_weights(logits)
-    else:
-        weights = 1 + torch.exp(-grad_reverse(entropy(logits), reversal))
+    weights = entropy_weights(logits, reversal)
     return torch.cat([w / w.sum().detach() for w in weights.split(
         [n_source, len(weights) - n_source])])

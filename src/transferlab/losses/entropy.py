@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transferlab.nn.gradient_reversal import grad_reverse
+
 
 def entropy(logits: Tensor) -> Tensor:
     """Per-sample entropy of softmax(logits), in nats: 0 for a one-hot prediction, log C for a
@@ -35,10 +37,12 @@ def batch_nuclear_norm(logits: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(F.softmax(logits, dim=1), ord="nuc") / len(logits)
 
 
-def entropy_weights(logits: Tensor) -> Tensor:
+def entropy_weights(logits: Tensor, reversal: float | None = None) -> Tensor:
     """1 + e^(−H(p)) per sample (CDAN+E, MCC): confident samples weigh up to 2, uncertain
-    ones down to 1 + 1/C. Not differentiated through."""
-    return 1 + torch.exp(-entropy(logits.detach()))
+    ones down to 1 + 1/C. Not differentiated through; with `reversal` λ, gradients reach the
+    logits through H, reversed and scaled by λ (CDAN+E as its authors' code runs it)."""
+    h = entropy(logits.detach()) if reversal is None else grad_reverse(entropy(logits), reversal)
+    return 1 + torch.exp(-h)
 
 
 def class_confusion(logits: Tensor, temperature: float = 2.5) -> Tensor:
